@@ -1,0 +1,1 @@
+//! Shoal's simulator and benchmark harness. (To be completed.)

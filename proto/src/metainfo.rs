@@ -1,0 +1,3 @@
+//! Metainfo: piece length, per-piece SHA-256, stripes, canonical encoding, info hash.
+//!
+//! (To be completed.)

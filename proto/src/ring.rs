@@ -1,0 +1,1 @@
+//! Rendezvous (highest random weight) hash ring. (To be completed.)

@@ -1,0 +1,1 @@
+//! Per-(blob, stripe) swarm state machine. (To be completed.)

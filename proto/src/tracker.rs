@@ -1,0 +1,1 @@
+//! Tracker handout policy. (To be completed.)

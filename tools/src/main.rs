@@ -1,0 +1,2 @@
+//! The `shoal` binary. (Subcommands arrive with the components.)
+fn main() {}
