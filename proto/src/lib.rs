@@ -18,6 +18,7 @@
 //! - [`time`], [`rng`]: virtual time and the seeded generator.
 
 pub mod bitfield;
+pub mod limits;
 pub mod metainfo;
 pub mod ring;
 pub mod rng;
