@@ -114,6 +114,12 @@ impl Bitfield {
         })
     }
 
+    /// The bits as little-endian words: bit `i` is `words[i / 64] >> (i % 64) & 1`; the spare
+    /// bits of the last word are zero.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// Whether `other` has a bit set that `self` lacks. Lengths must match.
     pub fn lacks_any_of(&self, other: &Bitfield) -> bool {
         assert_eq!(self.len, other.len);

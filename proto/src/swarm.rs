@@ -1,1 +1,1415 @@
-//! Per-(blob, stripe) swarm state machine. (To be completed.)
+//! The swarm state machine: one instance per (blob, stripe) per host.
+//!
+//! A [`Swarm`] owns every connection this host has for one stripe of one blob, and decides
+//! everything the protocol decides: whom to dial, which connections to accept and close, which
+//! piece to request from whom (rarest first, seeded random tie-breaks), how many requests to
+//! pipeline, when a request has timed out, when to enter endgame, which uploads to serve, and
+//! whom to blacklist. It performs no I/O.
+//!
+//! # Driving it
+//!
+//! The driver (the engine, the simulator, the tests) feeds inputs through `handle_*` and then
+//! drains outputs, in this order, after every input:
+//!
+//! 1. [`Swarm::poll_transmit`] until `None`: messages to write to connections. A
+//!    [`Message::Piece`] transmit means "send this header, then the piece's bytes from the
+//!    store"; when the last byte is written, call [`Swarm::handle_piece_sent`].
+//! 2. [`Swarm::poll_event`] until `None`: dials to make, connections to close, completion.
+//! 3. [`Swarm::poll_timeout`]: when to call [`Swarm::handle_timeout`] next.
+//!
+//! Connection life cycle: the driver reports every new transport connection with
+//! [`Swarm::handle_connected`] (outbound ones only for peers the swarm asked it to dial), which
+//! queues this side's handshake; the remote's handshake then arrives through
+//! [`Swarm::handle_message`] like any other message. When the swarm closes a connection it
+//! emits [`Event::Close`] and forgets it at once: the driver closes the transport and reports
+//! nothing more for that handle. When the transport fails, the driver calls
+//! [`Swarm::handle_disconnected`].
+//!
+//! Piece payloads: when a [`Message::Piece`] header arrives the driver asks
+//! [`Swarm::handle_piece_header`] whether to take the payload. It then reads exactly `length`
+//! bytes, checks them against the metainfo's SHA-256 (see `Metainfo::verify_piece`), writes
+//! them to the store only if they match, and reports the verdict with
+//! [`Swarm::handle_piece`]. A piece is announced (Have) only after that report, so nothing
+//! unverified is ever announced or served.
+//!
+//! Handles are generation-checked: a stale [`ConnHandle`] (of a connection already closed) is
+//! ignored by every `handle_*` method.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::bitfield::Bitfield;
+use crate::rng::Rng;
+use crate::time::Instant;
+use crate::types::{InfoHash, PeerId, PieceIndex, StripeIndex};
+use crate::wire::{Handshake, Message, PieceHeader};
+
+/// Tunables of one swarm. Every bound the state machine keeps comes from here.
+#[derive(Debug, Clone)]
+pub struct SwarmConfig {
+    /// This host is a dedicated origin seeder: it never dials, and peers ask it only for
+    /// pieces nobody else they know has.
+    pub is_origin: bool,
+    /// Agent connections this peer dials on its own until it has this many (inbound ones
+    /// count too). Together with `connections_max` this makes the pseudo-random regular graph.
+    pub dial_target: usize,
+    /// Hard cap on connections of this (blob, stripe), inbound and outbound together.
+    pub connections_max: usize,
+    /// Connections to origins this peer keeps at most (origins are a last resort).
+    pub origin_connections_max: usize,
+    /// Dials in flight at once.
+    pub dials_in_flight_max: usize,
+    /// Piece requests in flight per connection (the pipeline depth).
+    pub requests_per_connection_max: usize,
+    /// Requests a remote may have queued with us per connection; more are rejected.
+    pub upload_queue_per_connection_max: usize,
+    /// Pieces this swarm sends at the same time; the rest wait in FIFO order.
+    pub uploads_active_max: usize,
+    /// A request not answered within this time is re-requested elsewhere.
+    pub request_timeout: Duration,
+    /// Request timeouts a connection may cause before it is closed as useless.
+    pub request_timeouts_max: u32,
+    /// After a Reject or a timeout, a connection is not asked again for this long.
+    pub reject_backoff: Duration,
+    /// A connection with no request or piece in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// A Keepalive is sent when nothing else was sent for this long.
+    pub keepalive_interval: Duration,
+    /// A connection that has not completed its handshake within this time is closed.
+    pub handshake_timeout: Duration,
+    /// In endgame, one piece is requested from at most this many connections at once.
+    pub endgame_duplicates_max: usize,
+    /// Peers remembered as dial candidates (from the tracker).
+    pub candidates_max: usize,
+    /// Blacklisted peers remembered (the oldest entry is forgotten first).
+    pub blacklist_max: usize,
+    /// First wait before re-dialing a candidate that failed or refused; doubles per failure.
+    pub dial_backoff: Duration,
+    /// Upper bound of that wait.
+    pub dial_backoff_max: Duration,
+    /// Seed of every random choice this swarm makes.
+    pub seed: u64,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> SwarmConfig {
+        SwarmConfig {
+            is_origin: false,
+            dial_target: 5,
+            connections_max: 10,
+            origin_connections_max: 1,
+            dials_in_flight_max: 8,
+            requests_per_connection_max: 2,
+            upload_queue_per_connection_max: 4,
+            uploads_active_max: 4,
+            request_timeout: Duration::from_secs(20),
+            request_timeouts_max: 3,
+            reject_backoff: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            endgame_duplicates_max: 2,
+            candidates_max: 64,
+            blacklist_max: 256,
+            dial_backoff: Duration::from_millis(500),
+            dial_backoff_max: Duration::from_secs(30),
+            seed: 0,
+        }
+    }
+}
+
+impl SwarmConfig {
+    /// The defaults for an origin seeder: many more connections, never dials.
+    pub fn origin() -> SwarmConfig {
+        SwarmConfig {
+            is_origin: true,
+            dial_target: 0,
+            connections_max: 256,
+            origin_connections_max: 0,
+            uploads_active_max: 8,
+            idle_timeout: Duration::from_secs(10),
+            ..SwarmConfig::default()
+        }
+    }
+
+    /// Checks the relationships between the bounds.
+    pub fn validate(&self) -> Result<(), SwarmConfigError> {
+        let fail = |what: &'static str| Err(SwarmConfigError(what));
+        if self.connections_max == 0 {
+            return fail("connections_max must be at least 1");
+        }
+        if self.dial_target > self.connections_max {
+            return fail("dial_target must not exceed connections_max");
+        }
+        if self.requests_per_connection_max == 0 {
+            return fail("requests_per_connection_max must be at least 1");
+        }
+        if self.upload_queue_per_connection_max < self.requests_per_connection_max {
+            return fail("upload_queue_per_connection_max must be >= requests_per_connection_max");
+        }
+        if self.uploads_active_max == 0 {
+            return fail("uploads_active_max must be at least 1");
+        }
+        if self.endgame_duplicates_max == 0 || self.endgame_duplicates_max > 255 {
+            return fail("endgame_duplicates_max must be in 1..=255");
+        }
+        if self.request_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return fail("request_timeout and idle_timeout must be non-zero");
+        }
+        if self.dial_backoff > self.dial_backoff_max {
+            return fail("dial_backoff must not exceed dial_backoff_max");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid swarm config: {0}")]
+pub struct SwarmConfigError(&'static str);
+
+/// Which pieces of which blob this swarm is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StripeGeometry {
+    pub info_hash: InfoHash,
+    pub stripe: StripeIndex,
+    /// Blob-wide index of the stripe's first piece.
+    pub first_piece: u32,
+    /// Pieces in the stripe (at least 1).
+    pub n_pieces: u32,
+    /// Length of every piece of the stripe but the last.
+    pub piece_len: u32,
+    /// Length of the stripe's last piece (shorter than `piece_len` only in the blob's last
+    /// stripe).
+    pub last_piece_len: u32,
+}
+
+impl StripeGeometry {
+    fn local(&self, piece: PieceIndex) -> Option<usize> {
+        let offset = piece.0.checked_sub(self.first_piece)?;
+        (offset < self.n_pieces).then_some(offset as usize)
+    }
+
+    fn global(&self, local: usize) -> PieceIndex {
+        PieceIndex(self.first_piece + local as u32)
+    }
+
+    /// Length in bytes of stripe-local piece `local`.
+    pub fn piece_len_of(&self, local: usize) -> u32 {
+        if local + 1 == self.n_pieces as usize {
+            self.last_piece_len
+        } else {
+            self.piece_len
+        }
+    }
+}
+
+/// Names one connection of one swarm. Generation-checked: a handle outlives its connection
+/// harmlessly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnHandle {
+    pub index: u32,
+    pub generation: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+/// A peer the tracker told us about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub peer: PeerId,
+    pub is_origin: bool,
+}
+
+/// The outcome of checking a piece's bytes against the metainfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceVerdict {
+    /// SHA-256 matched; the bytes are in the store.
+    Valid,
+    /// SHA-256 did not match (or the length was wrong); nothing was stored.
+    Invalid,
+}
+
+/// What the driver does with a piece payload announced by a [`PieceHeader`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceDisposition {
+    /// Read, verify, store, then report with [`Swarm::handle_piece`].
+    Accept,
+    /// Read and drop the payload (we cancelled it, or already have it); report nothing.
+    Discard,
+    /// The header broke the protocol; the swarm closed the connection (see `poll_event`).
+    Closed,
+}
+
+/// Why the swarm closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The handshake named another blob or stripe, or carried a bitfield of the wrong length.
+    WrongSwarm,
+    /// The remote is ourselves.
+    SelfConnection,
+    /// We already have a connection to this peer.
+    Duplicate,
+    /// The peer is blacklisted.
+    Blacklisted,
+    /// At `connections_max` (or `origin_connections_max`).
+    AtCapacity,
+    /// The remote sent something the protocol forbids.
+    ProtocolViolation(&'static str),
+    /// The remote sent a piece whose hash did not match.
+    BadPiece(PieceIndex),
+    /// Both sides are complete: nothing to exchange.
+    BothComplete,
+    /// Nothing was exchanged for `idle_timeout`.
+    Idle,
+    /// The handshake did not arrive in time.
+    HandshakeTimeout,
+    /// Too many request timeouts.
+    TooSlow,
+}
+
+/// Something the driver must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Open a connection to this peer, then call `handle_connected(.., Outbound, Some(peer))`
+    /// or `handle_dial_failed(peer)`.
+    Dial(PeerId),
+    /// Close this connection's transport. The swarm has already forgotten it.
+    Close {
+        conn: ConnHandle,
+        peer: Option<PeerId>,
+        reason: CloseReason,
+    },
+    /// This peer sent bad data and will not be connected again.
+    Blacklisted(PeerId),
+    /// Every piece of the stripe is verified and stored.
+    Complete,
+}
+
+/// A message to write on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub conn: ConnHandle,
+    pub message: Message,
+}
+
+/// Why a new connection was refused at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("swarm is at its connection limit")]
+    AtCapacity,
+    #[error("outbound connection to a peer this swarm did not ask to dial")]
+    NotDialed,
+    #[error("peer is blacklisted")]
+    Blacklisted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConnState {
+    AwaitingHandshake,
+    Established,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    local: usize,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    direction: Direction,
+    state: ConnState,
+    /// Known from the dial (outbound) or the handshake (inbound).
+    peer: Option<PeerId>,
+    is_origin: bool,
+    /// The remote's pieces of this stripe (stripe-local indexes).
+    remote_has: Bitfield,
+    /// Our requests on this connection, oldest first (≤ requests_per_connection_max).
+    requests: Vec<InFlight>,
+    /// Pieces we cancelled here whose payload may still arrive (≤ requests_per_connection_max).
+    cancelled: Vec<usize>,
+    /// Requests the remote made that wait in our upload FIFO or are being sent.
+    uploads_queued: usize,
+    /// No new request to this connection before this time.
+    backoff_until: Instant,
+    request_timeouts: u32,
+    opened_at: Instant,
+    last_sent: Instant,
+    /// Last request or piece in either direction.
+    last_useful: Instant,
+}
+
+impl Conn {
+    fn is_established(&self) -> bool {
+        self.state == ConnState::Established
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CandidateEntry {
+    peer: PeerId,
+    is_origin: bool,
+    not_before: Instant,
+    failures: u32,
+    dialing: bool,
+}
+
+/// One upload waiting for a sending slot.
+#[derive(Debug, Clone, Copy)]
+struct UploadJob {
+    conn: ConnHandle,
+    local: usize,
+    started: bool,
+}
+
+/// The per-(blob, stripe) state machine. See the module documentation for how to drive it.
+#[derive(Debug)]
+pub struct Swarm {
+    config: SwarmConfig,
+    geometry: StripeGeometry,
+    local_peer: PeerId,
+    rng: Rng,
+
+    /// Pieces verified and stored here.
+    have: Bitfield,
+    /// In-flight requests per piece (more than one only in endgame).
+    requested: Vec<u8>,
+    /// Missing pieces with at least one request in flight.
+    n_requested_missing: usize,
+    /// How many established non-origin remotes have each piece.
+    availability: Vec<u16>,
+
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<u32>,
+    next_generation: u32,
+    n_conns: usize,
+    n_origin_conns: usize,
+
+    candidates: Vec<CandidateEntry>,
+    dials_in_flight: usize,
+    blacklist: VecDeque<PeerId>,
+
+    uploads: VecDeque<UploadJob>,
+    uploads_active: usize,
+
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    completion_reported: bool,
+}
+
+impl Swarm {
+    /// A swarm for one stripe, with the pieces already in the store (`have`, stripe-local,
+    /// `geometry.n_pieces` long).
+    pub fn new(
+        config: SwarmConfig,
+        geometry: StripeGeometry,
+        local_peer: PeerId,
+        have: Bitfield,
+    ) -> Result<Swarm, SwarmConfigError> {
+        config.validate()?;
+        if geometry.n_pieces == 0
+            || have.len() != geometry.n_pieces as usize
+            || geometry.piece_len == 0
+            || geometry.last_piece_len == 0
+            || geometry.last_piece_len > geometry.piece_len
+        {
+            return Err(SwarmConfigError(
+                "stripe must have pieces and `have` must match its length",
+            ));
+        }
+        let n = geometry.n_pieces as usize;
+        let rng = Rng::new(config.seed);
+        Ok(Swarm {
+            config,
+            geometry,
+            local_peer,
+            rng,
+            have,
+            requested: vec![0; n],
+            n_requested_missing: 0,
+            availability: vec![0; n],
+            conns: Vec::new(),
+            free_slots: Vec::new(),
+            next_generation: 0,
+            n_conns: 0,
+            n_origin_conns: 0,
+            candidates: Vec::new(),
+            dials_in_flight: 0,
+            blacklist: VecDeque::new(),
+            uploads: VecDeque::new(),
+            uploads_active: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            completion_reported: false,
+        })
+    }
+
+    pub fn geometry(&self) -> &StripeGeometry {
+        &self.geometry
+    }
+
+    pub fn config(&self) -> &SwarmConfig {
+        &self.config
+    }
+
+    pub fn local_peer(&self) -> PeerId {
+        self.local_peer
+    }
+
+    /// Stripe-local bitfield of verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// Open connections (handshaking or established).
+    pub fn n_connections(&self) -> usize {
+        self.n_conns
+    }
+
+    /// Established connections and the peers behind them.
+    pub fn peers(&self) -> impl Iterator<Item = (ConnHandle, PeerId, bool)> + '_ {
+        self.conns.iter().enumerate().filter_map(|(index, slot)| {
+            let conn = slot.as_ref()?;
+            let peer = conn.peer?;
+            conn.is_established().then_some((
+                ConnHandle {
+                    index: index as u32,
+                    generation: conn.generation,
+                },
+                peer,
+                conn.is_origin,
+            ))
+        })
+    }
+
+    pub fn is_blacklisted(&self, peer: &PeerId) -> bool {
+        self.blacklist.contains(peer)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Inputs
+    // ----------------------------------------------------------------------------------
+
+    /// Peers from a tracker announce. Unknown ones become dial candidates (bounded by
+    /// `candidates_max`; when full, a random old idle candidate makes room).
+    pub fn handle_peers(&mut self, now: Instant, peers: &[Candidate]) {
+        for candidate in peers {
+            if candidate.peer == self.local_peer || self.is_blacklisted(&candidate.peer) {
+                continue;
+            }
+            if let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == candidate.peer) {
+                entry.is_origin = candidate.is_origin;
+                continue;
+            }
+            let entry = CandidateEntry {
+                peer: candidate.peer,
+                is_origin: candidate.is_origin,
+                not_before: now,
+                failures: 0,
+                dialing: false,
+            };
+            if self.candidates.len() < self.config.candidates_max {
+                self.candidates.push(entry);
+            } else if !self.candidates.is_empty() {
+                let victim = self.rng.index(self.candidates.len());
+                if !self.candidates[victim].dialing {
+                    self.candidates[victim] = entry;
+                }
+            }
+        }
+        self.maintain(now);
+    }
+
+    /// A dial this swarm asked for could not connect.
+    pub fn handle_dial_failed(&mut self, now: Instant, peer: PeerId) {
+        self.dial_finished(now, peer, false);
+        self.maintain(now);
+    }
+
+    /// A new transport connection for this swarm. Outbound: the dial of `peer` succeeded.
+    /// Inbound: `peer` is `None` (it is learnt from the handshake). Queues our handshake.
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        direction: Direction,
+        peer: Option<PeerId>,
+    ) -> Result<ConnHandle, ConnectError> {
+        let mut is_origin = false;
+        match (direction, peer) {
+            (Direction::Outbound, Some(peer)) => {
+                let Some(entry) = self.candidates.iter().find(|c| c.peer == peer && c.dialing)
+                else {
+                    return Err(ConnectError::NotDialed);
+                };
+                is_origin = entry.is_origin;
+                self.dial_finished(now, peer, true);
+            }
+            (Direction::Outbound, None) => return Err(ConnectError::NotDialed),
+            (Direction::Inbound, Some(peer)) if self.is_blacklisted(&peer) => {
+                return Err(ConnectError::Blacklisted);
+            }
+            (Direction::Inbound, _) => {
+                if self.n_conns >= self.config.connections_max {
+                    return Err(ConnectError::AtCapacity);
+                }
+            }
+        }
+        let conn = Conn {
+            generation: 0,
+            direction,
+            state: ConnState::AwaitingHandshake,
+            peer,
+            is_origin,
+            remote_has: Bitfield::new(self.geometry.n_pieces as usize),
+            requests: Vec::with_capacity(self.config.requests_per_connection_max),
+            cancelled: Vec::new(),
+            uploads_queued: 0,
+            backoff_until: now,
+            request_timeouts: 0,
+            opened_at: now,
+            last_sent: now,
+            last_useful: now,
+        };
+        let handle = self.insert_conn(conn);
+        if is_origin {
+            self.n_origin_conns += 1;
+        }
+        let handshake = Handshake {
+            info_hash: self.geometry.info_hash,
+            stripe: self.geometry.stripe,
+            peer_id: self.local_peer,
+            is_origin: self.config.is_origin,
+            bitfield: self.have.clone(),
+        };
+        self.send(now, handle, Message::Handshake(handshake));
+        Ok(handle)
+    }
+
+    /// The transport of this connection failed or the remote closed it.
+    pub fn handle_disconnected(&mut self, now: Instant, conn: ConnHandle) {
+        if self.conn(conn).is_some() {
+            self.remove_conn(conn);
+            self.maintain(now);
+        }
+    }
+
+    /// A message arrived on `conn`. `Message::Piece` headers must go through
+    /// [`Swarm::handle_piece_header`] instead.
+    pub fn handle_message(&mut self, now: Instant, conn: ConnHandle, message: Message) {
+        let Some(state) = self.conn(conn).map(|c| c.state) else {
+            return;
+        };
+        match (state, message) {
+            (ConnState::AwaitingHandshake, Message::Handshake(handshake)) => {
+                self.on_handshake(now, conn, handshake);
+            }
+            (ConnState::AwaitingHandshake, _) => {
+                self.close(conn, CloseReason::ProtocolViolation("message before handshake"));
+            }
+            (ConnState::Established, Message::Handshake(_)) => {
+                self.close(conn, CloseReason::ProtocolViolation("second handshake"));
+            }
+            (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
+            (ConnState::Established, Message::Request(piece)) => {
+                self.on_request(now, conn, piece)
+            }
+            (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(conn, piece),
+            (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
+            (ConnState::Established, Message::Complete) => self.on_complete(now, conn),
+            (ConnState::Established, Message::Keepalive) => {}
+            (ConnState::Established, Message::Piece(header)) => {
+                // Only reachable if the driver forgot handle_piece_header: same checks.
+                let _ = self.handle_piece_header(now, conn, header);
+                return;
+            }
+        }
+        self.maintain(now);
+    }
+
+    /// A piece header arrived on `conn`: should the driver take its payload?
+    pub fn handle_piece_header(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        header: PieceHeader,
+    ) -> PieceDisposition {
+        let Some(c) = self.conn(conn) else {
+            return PieceDisposition::Discard;
+        };
+        if !c.is_established() {
+            self.close(conn, CloseReason::ProtocolViolation("piece before handshake"));
+            return PieceDisposition::Closed;
+        }
+        let Some(local) = self.geometry.local(header.piece) else {
+            self.close(conn, CloseReason::ProtocolViolation("piece outside stripe"));
+            return PieceDisposition::Closed;
+        };
+        if header.length != self.geometry.piece_len_of(local) {
+            self.close(conn, CloseReason::ProtocolViolation("piece length differs"));
+            return PieceDisposition::Closed;
+        }
+        if c.requests.iter().any(|r| r.local == local) {
+            return PieceDisposition::Accept;
+        }
+        if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
+            if let Some(c) = self.conn_mut(conn) {
+                c.cancelled.swap_remove(position);
+                c.last_useful = now;
+            }
+            return PieceDisposition::Discard;
+        }
+        self.close(conn, CloseReason::ProtocolViolation("piece not requested"));
+        PieceDisposition::Closed
+    }
+
+    /// The payload of an accepted piece has been read and checked.
+    pub fn handle_piece(
+        &mut self,
+        now: Instant,
+        conn: ConnHandle,
+        piece: PieceIndex,
+        verdict: PieceVerdict,
+    ) {
+        let Some(local) = self.geometry.local(piece) else {
+            return;
+        };
+        let Some(c) = self.conn_mut(conn) else {
+            // The connection was closed meanwhile; a valid piece is still ours.
+            if verdict == PieceVerdict::Valid {
+                self.on_piece_stored(now, local);
+                self.maintain(now);
+            }
+            return;
+        };
+        let Some(position) = c.requests.iter().position(|r| r.local == local) else {
+            return; // not outstanding here (the driver reported it twice): ignore
+        };
+        c.requests.remove(position);
+        c.last_useful = now;
+        c.request_timeouts = 0;
+        self.request_finished(local);
+        match verdict {
+            PieceVerdict::Valid => self.on_piece_stored(now, local),
+            PieceVerdict::Invalid => self.close(conn, CloseReason::BadPiece(piece)),
+        }
+        self.maintain(now);
+    }
+
+    /// The last byte of an upload we were asked to send left on `conn`.
+    pub fn handle_piece_sent(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            return;
+        };
+        let Some(position) = self
+            .uploads
+            .iter()
+            .position(|job| job.started && job.conn == conn && job.local == local)
+        else {
+            return;
+        };
+        self.uploads.remove(position);
+        self.uploads_active -= 1;
+        if let Some(c) = self.conn_mut(conn) {
+            c.uploads_queued -= 1;
+            c.last_useful = now;
+        }
+        self.maintain(now);
+    }
+
+    /// Timers: request timeouts, idle connections, keepalives, handshake timeouts, dial
+    /// back-off. Call at (or after) the instant [`Swarm::poll_timeout`] returned.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for index in 0..self.conns.len() {
+            let Some(c) = self.conns[index].as_ref() else {
+                continue;
+            };
+            let handle = ConnHandle {
+                index: index as u32,
+                generation: c.generation,
+            };
+            if !c.is_established() {
+                if now >= c.opened_at + self.config.handshake_timeout {
+                    self.close(handle, CloseReason::HandshakeTimeout);
+                }
+                continue;
+            }
+            if now >= c.last_useful + self.config.idle_timeout {
+                self.close(handle, CloseReason::Idle);
+                continue;
+            }
+            let expired: Vec<usize> = c
+                .requests
+                .iter()
+                .filter(|r| r.deadline <= now)
+                .map(|r| r.local)
+                .collect();
+            if !expired.is_empty() {
+                self.on_requests_expired(now, handle, &expired);
+                if self.conn(handle).is_none() {
+                    continue;
+                }
+            }
+            if let Some(c) = self.conn(handle) {
+                if now >= c.last_sent + self.config.keepalive_interval {
+                    self.send(now, handle, Message::Keepalive);
+                }
+            }
+        }
+        self.maintain(now);
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Outputs
+    // ----------------------------------------------------------------------------------
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The next instant at which [`Swarm::handle_timeout`] has work, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = Instant::NEVER;
+        for c in self.conns.iter().flatten() {
+            if !c.is_established() {
+                next = next.min(c.opened_at + self.config.handshake_timeout);
+                continue;
+            }
+            next = next.min(c.last_useful + self.config.idle_timeout);
+            next = next.min(c.last_sent + self.config.keepalive_interval);
+            if let Some(first) = c.requests.iter().map(|r| r.deadline).min() {
+                next = next.min(first);
+            }
+        }
+        if self.wants_dials() {
+            if let Some(when) = self
+                .candidates
+                .iter()
+                .filter(|c| !c.dialing)
+                .map(|c| c.not_before)
+                .min()
+            {
+                next = next.min(when);
+            }
+        }
+        (next != Instant::NEVER).then_some(next)
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Message handlers
+    // ----------------------------------------------------------------------------------
+
+    fn on_handshake(&mut self, now: Instant, conn: ConnHandle, handshake: Handshake) {
+        if handshake.info_hash != self.geometry.info_hash
+            || handshake.stripe != self.geometry.stripe
+            || handshake.bitfield.len() != self.geometry.n_pieces as usize
+        {
+            self.close(conn, CloseReason::WrongSwarm);
+            return;
+        }
+        let peer = handshake.peer_id;
+        if peer == self.local_peer {
+            self.close(conn, CloseReason::SelfConnection);
+            return;
+        }
+        if self.is_blacklisted(&peer) {
+            self.close(conn, CloseReason::Blacklisted);
+            return;
+        }
+        let Some(c) = self.conn(conn) else { return };
+        if c.direction == Direction::Outbound && c.peer != Some(peer) {
+            self.close(conn, CloseReason::ProtocolViolation("peer id differs from dialed"));
+            return;
+        }
+        let existing = self.conns.iter().enumerate().find_map(|(index, slot)| {
+            let other = slot.as_ref()?;
+            (index as u32 != conn.index && other.is_established() && other.peer == Some(peer))
+                .then_some((
+                    ConnHandle {
+                        index: index as u32,
+                        generation: other.generation,
+                    },
+                    other.direction,
+                ))
+        });
+        if let Some((existing, existing_direction)) = existing {
+            // Both sides dialed at once. Both keep the connection dialed by the smaller peer
+            // id, so they agree on which one survives.
+            let we_dial_the_keeper = self.local_peer < peer;
+            let keeper_direction = if we_dial_the_keeper {
+                Direction::Outbound
+            } else {
+                Direction::Inbound
+            };
+            if existing_direction == keeper_direction {
+                self.close(conn, CloseReason::Duplicate);
+                return;
+            }
+            self.close(existing, CloseReason::Duplicate);
+        }
+        let Some(c) = self.conn(conn) else { return };
+        let was_origin = c.is_origin;
+        if handshake.is_origin && !was_origin {
+            if self.n_origin_conns >= self.config.origin_connections_max && !self.config.is_origin
+            {
+                self.close(conn, CloseReason::AtCapacity);
+                return;
+            }
+            self.n_origin_conns += 1;
+        } else if !handshake.is_origin && was_origin {
+            self.n_origin_conns -= 1;
+        }
+        let we_are_complete = self.is_complete();
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.state = ConnState::Established;
+        c.peer = Some(peer);
+        c.is_origin = handshake.is_origin;
+        c.remote_has = handshake.bitfield;
+        c.last_useful = now;
+        let remote_complete = c.remote_has.is_full();
+        if !c.is_origin {
+            let ones: Vec<usize> = c.remote_has.iter_ones().collect();
+            for local in ones {
+                self.availability[local] = self.availability[local].saturating_add(1);
+            }
+        }
+        if we_are_complete && remote_complete {
+            self.close(conn, CloseReason::BothComplete);
+        }
+    }
+
+    fn on_have(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            self.close(conn, CloseReason::ProtocolViolation("have outside stripe"));
+            return;
+        };
+        let Some(c) = self.conn_mut(conn) else { return };
+        if !c.remote_has.set(local) {
+            return; // repeated Have: harmless
+        }
+        let is_origin = c.is_origin;
+        let remote_complete = c.remote_has.is_full();
+        if !is_origin {
+            self.availability[local] = self.availability[local].saturating_add(1);
+        }
+        if remote_complete && self.is_complete() {
+            self.close(conn, CloseReason::BothComplete);
+        }
+        let _ = now;
+    }
+
+    fn on_complete(&mut self, now: Instant, conn: ConnHandle) {
+        let Some(c) = self.conn_mut(conn) else { return };
+        let missing: Vec<usize> = (0..c.remote_has.len())
+            .filter(|&i| !c.remote_has.get(i))
+            .collect();
+        let is_origin = c.is_origin;
+        for &local in &missing {
+            c.remote_has.set(local);
+        }
+        if !is_origin {
+            for local in missing {
+                self.availability[local] = self.availability[local].saturating_add(1);
+            }
+        }
+        if self.is_complete() {
+            self.close(conn, CloseReason::BothComplete);
+        }
+        let _ = now;
+    }
+
+    fn on_request(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            self.close(conn, CloseReason::ProtocolViolation("request outside stripe"));
+            return;
+        };
+        let have_it = self.have.get(local);
+        let queue_max = self.config.upload_queue_per_connection_max;
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.last_useful = now;
+        if !have_it || c.uploads_queued >= queue_max {
+            self.send(now, conn, Message::Reject(piece));
+            return;
+        }
+        c.uploads_queued += 1;
+        self.uploads.push_back(UploadJob {
+            conn,
+            local,
+            started: false,
+        });
+        self.start_uploads(now);
+    }
+
+    fn on_cancel(&mut self, conn: ConnHandle, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            self.close(conn, CloseReason::ProtocolViolation("cancel outside stripe"));
+            return;
+        };
+        if let Some(position) = self
+            .uploads
+            .iter()
+            .position(|job| !job.started && job.conn == conn && job.local == local)
+        {
+            self.uploads.remove(position);
+            if let Some(c) = self.conn_mut(conn) {
+                c.uploads_queued -= 1;
+            }
+        }
+        // A Cancel for an upload already being sent is too late: the driver finishes it.
+    }
+
+    fn on_reject(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            self.close(conn, CloseReason::ProtocolViolation("reject outside stripe"));
+            return;
+        };
+        let backoff = self.config.reject_backoff;
+        let Some(c) = self.conn_mut(conn) else { return };
+        if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+            c.requests.remove(position);
+            c.backoff_until = now + backoff;
+            self.request_finished(local);
+        } else if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
+            c.cancelled.swap_remove(position);
+        }
+    }
+
+    fn on_requests_expired(&mut self, now: Instant, conn: ConnHandle, expired: &[usize]) {
+        let backoff = self.config.reject_backoff;
+        let timeouts_max = self.config.request_timeouts_max;
+        let cancelled_max = self.config.requests_per_connection_max;
+        let Some(c) = self.conn_mut(conn) else { return };
+        c.request_timeouts += expired.len() as u32;
+        c.backoff_until = now + backoff;
+        let too_slow = c.request_timeouts >= timeouts_max;
+        for &local in expired {
+            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+                c.requests.remove(position);
+                // The payload may still come; take it then if we still lack it.
+                if c.cancelled.len() < cancelled_max {
+                    c.cancelled.push(local);
+                }
+            }
+        }
+        for &local in expired {
+            self.request_finished(local);
+            self.send(now, conn, Message::Cancel(self.geometry.global(local)));
+        }
+        if too_slow {
+            self.close(conn, CloseReason::TooSlow);
+        }
+    }
+
+    fn on_piece_stored(&mut self, now: Instant, local: usize) {
+        if !self.have.set(local) {
+            return; // endgame duplicate
+        }
+        if self.requested[local] > 0 {
+            // Still requested elsewhere (endgame): no longer a missing requested piece.
+            self.n_requested_missing -= 1;
+        }
+        let piece = self.geometry.global(local);
+        let complete = self.is_complete();
+        // Cancel duplicates elsewhere; announce to every remote that lacks the piece.
+        let mut cancels = Vec::new();
+        let mut haves = Vec::new();
+        for (index, slot) in self.conns.iter_mut().enumerate() {
+            let Some(c) = slot.as_mut() else { continue };
+            if !c.is_established() {
+                continue;
+            }
+            let handle = ConnHandle {
+                index: index as u32,
+                generation: c.generation,
+            };
+            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+                c.requests.remove(position);
+                if c.cancelled.len() < self.config.requests_per_connection_max {
+                    c.cancelled.push(local);
+                }
+                cancels.push(handle);
+            }
+            if !c.remote_has.get(local) {
+                haves.push(handle);
+            }
+        }
+        for handle in cancels {
+            self.request_finished(local);
+            self.send(now, handle, Message::Cancel(piece));
+        }
+        for handle in haves {
+            let message = if complete {
+                Message::Complete
+            } else {
+                Message::Have(piece)
+            };
+            self.send(now, handle, message);
+        }
+        if complete {
+            if !self.completion_reported {
+                self.completion_reported = true;
+                self.events.push_back(Event::Complete);
+            }
+            self.close_useless_when_complete();
+        }
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Policies
+    // ----------------------------------------------------------------------------------
+
+    /// Runs after every input: start uploads, fill request pipelines, dial.
+    fn maintain(&mut self, now: Instant) {
+        self.start_uploads(now);
+        if !self.is_complete() {
+            self.fill_requests(now);
+        }
+        self.dial(now);
+    }
+
+    fn start_uploads(&mut self, now: Instant) {
+        while self.uploads_active < self.config.uploads_active_max {
+            let Some(position) = self.uploads.iter().position(|job| !job.started) else {
+                return;
+            };
+            let job = &mut self.uploads[position];
+            job.started = true;
+            let (conn, local) = (job.conn, job.local);
+            self.uploads_active += 1;
+            let header = PieceHeader {
+                piece: self.geometry.global(local),
+                length: self.geometry.piece_len_of(local),
+            };
+            self.send(now, conn, Message::Piece(header));
+        }
+    }
+
+    fn fill_requests(&mut self, now: Instant) {
+        // Visit connections from a random start so that no connection is always first.
+        let n_slots = self.conns.len();
+        if n_slots == 0 {
+            return;
+        }
+        let start = self.rng.index(n_slots);
+        for step in 0..n_slots {
+            let index = (start + step) % n_slots;
+            loop {
+                let Some(c) = self.conns[index].as_ref() else { break };
+                if !c.is_established()
+                    || c.requests.len() >= self.config.requests_per_connection_max
+                    || now < c.backoff_until
+                {
+                    break;
+                }
+                let handle = ConnHandle {
+                    index: index as u32,
+                    generation: c.generation,
+                };
+                let Some(local) = self.pick(index) else { break };
+                let deadline = now + self.config.request_timeout;
+                let Some(c) = self.conns[index].as_mut() else { break };
+                c.requests.push(InFlight { local, deadline });
+                c.last_useful = now;
+                if self.requested[local] == 0 {
+                    self.n_requested_missing += 1;
+                }
+                self.requested[local] += 1;
+                let piece = self.geometry.global(local);
+                self.send(now, handle, Message::Request(piece));
+            }
+        }
+    }
+
+    /// Rarest-first choice of a piece to request on connection `index`, with a seeded random
+    /// tie-break. Origins are asked only for pieces no other connected peer has. In endgame
+    /// (every missing piece already requested), pieces already requested elsewhere qualify,
+    /// up to `endgame_duplicates_max` requests each.
+    fn pick(&mut self, index: usize) -> Option<usize> {
+        let c = self.conns[index].as_ref()?;
+        let n_missing = self.have.len() - self.have.count_ones();
+        let endgame = self.n_requested_missing >= n_missing;
+        let duplicates_max = self.config.endgame_duplicates_max as u8;
+        let mut best: Option<usize> = None;
+        let mut best_availability = u16::MAX;
+        let mut ties = 0u64;
+        let remote_words = c.remote_has.words();
+        let have_words = self.have.words();
+        for (word_index, (&theirs, &mine)) in remote_words.iter().zip(have_words).enumerate() {
+            let mut wanted = theirs & !mine;
+            while wanted != 0 {
+                let bit = wanted.trailing_zeros() as usize;
+                wanted &= wanted - 1;
+                let local = word_index * 64 + bit;
+                let requested = self.requested[local];
+                if requested > 0
+                    && (!endgame
+                        || requested >= duplicates_max
+                        || c.requests.iter().any(|r| r.local == local)
+                        || c.cancelled.contains(&local))
+                {
+                    continue;
+                }
+                let availability = self.availability[local];
+                if c.is_origin && availability > 0 {
+                    continue;
+                }
+                // In endgame prefer the least-requested piece, then the rarest.
+                let score = availability.saturating_add(u16::from(requested) << 12);
+                if score < best_availability {
+                    best = Some(local);
+                    best_availability = score;
+                    ties = 1;
+                } else if score == best_availability {
+                    ties += 1;
+                    if self.rng.below(ties) == 0 {
+                        best = Some(local);
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn wants_dials(&self) -> bool {
+        !self.config.is_origin && !self.is_complete()
+    }
+
+    fn dial(&mut self, now: Instant) {
+        if !self.wants_dials() {
+            return;
+        }
+        let agents_wanted = self.config.dial_target;
+        let mut n_agent_conns = self.n_conns - self.n_origin_conns;
+        let mut n_origin_conns = self.n_origin_conns;
+        let dialing_agents = self
+            .candidates
+            .iter()
+            .filter(|c| c.dialing && !c.is_origin)
+            .count();
+        let dialing_origins = self.candidates.iter().filter(|c| c.dialing && c.is_origin).count();
+        n_agent_conns += dialing_agents;
+        n_origin_conns += dialing_origins;
+        let mut budget_total = self.config.connections_max.saturating_sub(self.n_conns
+            + dialing_agents
+            + dialing_origins);
+        while self.dials_in_flight < self.config.dials_in_flight_max && budget_total > 0 {
+            let want_agent = n_agent_conns < agents_wanted;
+            let want_origin = n_origin_conns < self.config.origin_connections_max;
+            if !want_agent && !want_origin {
+                return;
+            }
+            let Some(position) = self.choose_candidate(now, want_agent, want_origin) else {
+                return;
+            };
+            let entry = &mut self.candidates[position];
+            entry.dialing = true;
+            if entry.is_origin {
+                n_origin_conns += 1;
+            } else {
+                n_agent_conns += 1;
+            }
+            self.dials_in_flight += 1;
+            budget_total -= 1;
+            self.events.push_back(Event::Dial(entry.peer));
+        }
+    }
+
+    /// A random dialable candidate of a wanted kind, not already connected.
+    fn choose_candidate(&mut self, now: Instant, agent: bool, origin: bool) -> Option<usize> {
+        let mut chosen = None;
+        let mut seen = 0u64;
+        for (position, entry) in self.candidates.iter().enumerate() {
+            if entry.dialing
+                || entry.not_before > now
+                || (entry.is_origin && !origin)
+                || (!entry.is_origin && !agent)
+            {
+                continue;
+            }
+            let connected = self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| c.peer == Some(entry.peer));
+            if connected {
+                continue;
+            }
+            seen += 1;
+            if self.rng.below(seen) == 0 {
+                chosen = Some(position);
+            }
+        }
+        chosen
+    }
+
+    fn dial_finished(&mut self, now: Instant, peer: PeerId, connected: bool) {
+        let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == peer && c.dialing)
+        else {
+            return;
+        };
+        entry.dialing = false;
+        self.dials_in_flight -= 1;
+        if connected {
+            entry.failures = 0;
+        } else {
+            let shift = entry.failures.min(16);
+            let wait = self
+                .config
+                .dial_backoff
+                .saturating_mul(1 << shift)
+                .min(self.config.dial_backoff_max);
+            entry.failures += 1;
+            entry.not_before = now + wait;
+        }
+    }
+
+    /// When the stripe completes: close connections to complete remotes and origins (they
+    /// have nothing for us and we have nothing for them).
+    fn close_useless_when_complete(&mut self) {
+        let useless: Vec<ConnHandle> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| {
+                let c = slot.as_ref()?;
+                (c.is_established() && (c.remote_has.is_full() || c.is_origin)).then_some(
+                    ConnHandle {
+                        index: index as u32,
+                        generation: c.generation,
+                    },
+                )
+            })
+            .collect();
+        for handle in useless {
+            self.close(handle, CloseReason::BothComplete);
+        }
+    }
+
+    fn add_to_blacklist(&mut self, peer: PeerId) {
+        if self.blacklist.contains(&peer) {
+            return;
+        }
+        if self.blacklist.len() >= self.config.blacklist_max {
+            self.blacklist.pop_front();
+        }
+        self.blacklist.push_back(peer);
+        self.candidates.retain(|c| c.peer != peer || c.dialing);
+        self.events.push_back(Event::Blacklisted(peer));
+    }
+
+    // ----------------------------------------------------------------------------------
+    // Bookkeeping
+    // ----------------------------------------------------------------------------------
+
+    fn request_finished(&mut self, local: usize) {
+        if self.requested[local] == 0 {
+            return;
+        }
+        self.requested[local] -= 1;
+        if self.requested[local] == 0 && !self.have.get(local) {
+            self.n_requested_missing -= 1;
+        }
+    }
+
+    fn send(&mut self, now: Instant, conn: ConnHandle, message: Message) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.last_sent = now;
+            self.transmits.push_back(Transmit { conn, message });
+        }
+    }
+
+    fn close(&mut self, conn: ConnHandle, reason: CloseReason) {
+        let Some(c) = self.conn(conn) else { return };
+        let peer = c.peer;
+        if matches!(
+            reason,
+            CloseReason::ProtocolViolation(_) | CloseReason::BadPiece(_)
+        ) {
+            if let Some(peer) = peer {
+                self.add_to_blacklist(peer);
+            }
+        }
+        self.remove_conn(conn);
+        self.events.push_back(Event::Close { conn, peer, reason });
+    }
+
+    fn remove_conn(&mut self, handle: ConnHandle) {
+        let Some(slot) = self.conns.get_mut(handle.index as usize) else {
+            return;
+        };
+        let Some(c) = slot.take() else { return };
+        debug_assert_eq!(c.generation, handle.generation);
+        self.free_slots.push(handle.index);
+        self.n_conns -= 1;
+        if c.is_origin {
+            self.n_origin_conns -= 1;
+        }
+        if c.is_established() && !c.is_origin {
+            for local in c.remote_has.iter_ones() {
+                self.availability[local] = self.availability[local].saturating_sub(1);
+            }
+        }
+        for r in &c.requests {
+            if self.requested[r.local] > 0 {
+                self.requested[r.local] -= 1;
+                if self.requested[r.local] == 0 && !self.have.get(r.local) {
+                    self.n_requested_missing -= 1;
+                }
+            }
+        }
+        let started = self
+            .uploads
+            .iter()
+            .filter(|job| job.conn == handle && job.started)
+            .count();
+        self.uploads_active -= started;
+        self.uploads.retain(|job| job.conn != handle);
+        self.transmits.retain(|t| t.conn != handle);
+    }
+
+    fn insert_conn(&mut self, mut conn: Conn) -> ConnHandle {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        conn.generation = self.next_generation;
+        self.n_conns += 1;
+        let index = match self.free_slots.pop() {
+            Some(index) => {
+                self.conns[index as usize] = Some(conn);
+                index
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        ConnHandle {
+            index,
+            generation: self.next_generation,
+        }
+    }
+
+    fn conn(&self, handle: ConnHandle) -> Option<&Conn> {
+        self.conns
+            .get(handle.index as usize)?
+            .as_ref()
+            .filter(|c| c.generation == handle.generation)
+    }
+
+    fn conn_mut(&mut self, handle: ConnHandle) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(handle.index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == handle.generation)
+    }
+}
