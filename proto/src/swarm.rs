@@ -506,7 +506,11 @@ impl Swarm {
             if candidate.peer == self.local_peer || self.is_blacklisted(&candidate.peer) {
                 continue;
             }
-            if let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == candidate.peer) {
+            if let Some(entry) = self
+                .candidates
+                .iter_mut()
+                .find(|c| c.peer == candidate.peer)
+            {
                 entry.is_origin = candidate.is_origin;
                 continue;
             }
@@ -613,15 +617,16 @@ impl Swarm {
                 self.on_handshake(now, conn, handshake);
             }
             (ConnState::AwaitingHandshake, _) => {
-                self.close(conn, CloseReason::ProtocolViolation("message before handshake"));
+                self.close(
+                    conn,
+                    CloseReason::ProtocolViolation("message before handshake"),
+                );
             }
             (ConnState::Established, Message::Handshake(_)) => {
                 self.close(conn, CloseReason::ProtocolViolation("second handshake"));
             }
             (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
-            (ConnState::Established, Message::Request(piece)) => {
-                self.on_request(now, conn, piece)
-            }
+            (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
             (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
             (ConnState::Established, Message::Complete) => self.on_complete(now, conn),
@@ -646,7 +651,10 @@ impl Swarm {
             return PieceDisposition::Discard;
         };
         if !c.is_established() {
-            self.close(conn, CloseReason::ProtocolViolation("piece before handshake"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("piece before handshake"),
+            );
             return PieceDisposition::Closed;
         }
         let Some(local) = self.geometry.local(header.piece) else {
@@ -830,7 +838,10 @@ impl Swarm {
         }
         let Some(c) = self.conn(conn) else { return };
         if c.direction == Direction::Outbound && c.peer != Some(peer) {
-            self.close(conn, CloseReason::ProtocolViolation("peer id differs from dialed"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("peer id differs from dialed"),
+            );
             return;
         }
         let existing = self.conns.iter().enumerate().find_map(|(index, slot)| {
@@ -862,8 +873,7 @@ impl Swarm {
         let Some(c) = self.conn(conn) else { return };
         let was_origin = c.is_origin;
         if handshake.is_origin && !was_origin {
-            if self.n_origin_conns >= self.config.origin_connections_max && !self.config.is_origin
-            {
+            if self.n_origin_conns >= self.config.origin_connections_max && !self.config.is_origin {
                 self.close(conn, CloseReason::AtCapacity);
                 return;
             }
@@ -932,7 +942,10 @@ impl Swarm {
 
     fn on_request(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("request outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("request outside stripe"),
+            );
             return;
         };
         let have_it = self.have.get(local);
@@ -954,7 +967,10 @@ impl Swarm {
 
     fn on_cancel(&mut self, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("cancel outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("cancel outside stripe"),
+            );
             return;
         };
         if let Some(position) = self
@@ -972,7 +988,10 @@ impl Swarm {
 
     fn on_reject(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("reject outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("reject outside stripe"),
+            );
             return;
         };
         let backoff = self.config.reject_backoff;
@@ -1106,7 +1125,9 @@ impl Swarm {
         for step in 0..n_slots {
             let index = (start + step) % n_slots;
             loop {
-                let Some(c) = self.conns[index].as_ref() else { break };
+                let Some(c) = self.conns[index].as_ref() else {
+                    break;
+                };
                 if !c.is_established()
                     || c.requests.len() >= self.config.requests_per_connection_max
                     || now < c.backoff_until
@@ -1119,7 +1140,9 @@ impl Swarm {
                 };
                 let Some(local) = self.pick(index) else { break };
                 let deadline = now + self.config.request_timeout;
-                let Some(c) = self.conns[index].as_mut() else { break };
+                let Some(c) = self.conns[index].as_mut() else {
+                    break;
+                };
                 c.requests.push(InFlight { local, deadline });
                 c.last_useful = now;
                 if self.requested[local] == 0 {
@@ -1198,12 +1221,17 @@ impl Swarm {
             .iter()
             .filter(|c| c.dialing && !c.is_origin)
             .count();
-        let dialing_origins = self.candidates.iter().filter(|c| c.dialing && c.is_origin).count();
+        let dialing_origins = self
+            .candidates
+            .iter()
+            .filter(|c| c.dialing && c.is_origin)
+            .count();
         n_agent_conns += dialing_agents;
         n_origin_conns += dialing_origins;
-        let mut budget_total = self.config.connections_max.saturating_sub(self.n_conns
-            + dialing_agents
-            + dialing_origins);
+        let mut budget_total = self
+            .config
+            .connections_max
+            .saturating_sub(self.n_conns + dialing_agents + dialing_origins);
         while self.dials_in_flight < self.config.dials_in_flight_max && budget_total > 0 {
             let want_agent = n_agent_conns < agents_wanted;
             let want_origin = n_origin_conns < self.config.origin_connections_max;
@@ -1255,7 +1283,10 @@ impl Swarm {
     }
 
     fn dial_finished(&mut self, now: Instant, peer: PeerId, connected: bool) {
-        let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == peer && c.dialing)
+        let Some(entry) = self
+            .candidates
+            .iter_mut()
+            .find(|c| c.peer == peer && c.dialing)
         else {
             return;
         };
