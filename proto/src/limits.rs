@@ -17,4 +17,4 @@ pub const BLOB_LEN_MAX: u64 = 16 << 40;
 
 const _: () = assert!(PIECE_LEN_MIN <= PIECE_LEN_MAX);
 const _: () = assert!(PIECE_LEN_MIN.is_power_of_two() && PIECE_LEN_MAX.is_power_of_two());
-const _: () = assert!(STRIPE_PIECES_MAX % 8 == 0);
+const _: () = assert!(STRIPE_PIECES_MAX.is_multiple_of(8));

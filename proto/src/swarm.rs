@@ -627,7 +627,7 @@ impl Swarm {
             }
             (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
             (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
-            (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(conn, piece),
+            (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(now, conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
             (ConnState::Established, Message::Complete) => self.on_complete(now, conn),
             (ConnState::Established, Message::Keepalive) => {}
@@ -766,10 +766,10 @@ impl Swarm {
                     continue;
                 }
             }
-            if let Some(c) = self.conn(handle) {
-                if now >= c.last_sent + self.config.keepalive_interval {
-                    self.send(now, handle, Message::Keepalive);
-                }
+            if let Some(c) = self.conn(handle)
+                && now >= c.last_sent + self.config.keepalive_interval
+            {
+                self.send(now, handle, Message::Keepalive);
             }
         }
         self.maintain(now);
@@ -801,16 +801,15 @@ impl Swarm {
                 next = next.min(first);
             }
         }
-        if self.wants_dials() {
-            if let Some(when) = self
+        if self.wants_dials()
+            && let Some(when) = self
                 .candidates
                 .iter()
                 .filter(|c| !c.dialing)
                 .map(|c| c.not_before)
                 .min()
-            {
-                next = next.min(when);
-            }
+        {
+            next = next.min(when);
         }
         (next != Instant::NEVER).then_some(next)
     }
@@ -965,7 +964,7 @@ impl Swarm {
         self.start_uploads(now);
     }
 
-    fn on_cancel(&mut self, conn: ConnHandle, piece: PieceIndex) {
+    fn on_cancel(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
             self.close(
                 conn,
@@ -982,8 +981,11 @@ impl Swarm {
             if let Some(c) = self.conn_mut(conn) {
                 c.uploads_queued -= 1;
             }
+            // Acknowledge, so that the requester can forget the cancelled request.
+            self.send(now, conn, Message::Reject(piece));
         }
-        // A Cancel for an upload already being sent is too late: the driver finishes it.
+        // A Cancel for an upload already being sent is too late: the payload itself
+        // acknowledges it.
     }
 
     fn on_reject(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
@@ -1124,12 +1126,12 @@ impl Swarm {
         let start = self.rng.index(n_slots);
         for step in 0..n_slots {
             let index = (start + step) % n_slots;
-            loop {
-                let Some(c) = self.conns[index].as_ref() else {
-                    break;
-                };
+            while let Some(c) = self.conns[index].as_ref() {
+                // A cancelled request holds its pipeline slot until the remote acknowledges it
+                // (with the payload or a Reject), which also bounds `cancelled`.
                 if !c.is_established()
-                    || c.requests.len() >= self.config.requests_per_connection_max
+                    || c.requests.len() + c.cancelled.len()
+                        >= self.config.requests_per_connection_max
                     || now < c.backoff_until
                 {
                     break;
@@ -1367,10 +1369,9 @@ impl Swarm {
         if matches!(
             reason,
             CloseReason::ProtocolViolation(_) | CloseReason::BadPiece(_)
-        ) {
-            if let Some(peer) = peer {
-                self.add_to_blacklist(peer);
-            }
+        ) && let Some(peer) = peer
+        {
+            self.add_to_blacklist(peer);
         }
         self.remove_conn(conn);
         self.events.push_back(Event::Close { conn, peer, reason });
