@@ -54,12 +54,12 @@ const HEADER_LEN_WITHOUT_DIGEST: usize = 4 + 1 + 1 + 8 + 4 + 4 + 4;
 /// Longest header (sha512 digest).
 const HEADER_LEN_MAX: usize = HEADER_LEN_WITHOUT_DIGEST + 64;
 
-/// Most pieces any valid metainfo can have (a [`limits::BLOB_LEN_MAX`] blob cut into
-/// [`limits::PIECE_LEN_MIN`] pieces). Piece counts and indexes are `u32`; this says they fit.
-pub const N_PIECES_MAX: u64 = limits::BLOB_LEN_MAX.div_ceil(limits::PIECE_LEN_MIN as u64);
+/// Most pieces any valid metainfo can have ([`limits::PIECES_MAX`]). Piece counts and
+/// indexes are `u32`; this says they fit.
+pub const N_PIECES_MAX: u64 = limits::PIECES_MAX as u64;
 
-/// Longest valid encoding. With the protocol limits this is about 32 GiB, so a caller that
-/// fetches an encoded metainfo over the network should apply its own, tighter, bound too.
+/// Longest valid encoding (about 32 MiB): a caller that fetches an encoded metainfo over the
+/// network bounds the body by this.
 pub const ENCODED_LEN_MAX: u64 = HEADER_LEN_MAX as u64 + N_PIECES_MAX * PIECE_HASH_LEN as u64;
 
 const _: () = assert!(N_PIECES_MAX <= u32::MAX as u64);
@@ -111,6 +111,16 @@ pub enum MetainfoError {
     PiecesPerStripeOutOfBounds { pieces_per_stripe: u32 },
     #[error("blob length {blob_len} exceeds the limit of {max} bytes", max = limits::BLOB_LEN_MAX)]
     BlobTooLong { blob_len: u64 },
+    #[error(
+        "a {blob_len}-byte blob in {piece_len}-byte pieces has {n_pieces} pieces, more than the \
+         {max} a metainfo may list",
+        max = N_PIECES_MAX
+    )]
+    TooManyPieces {
+        blob_len: u64,
+        piece_len: u32,
+        n_pieces: u64,
+    },
     #[error(
         "a blob of {blob_len} bytes in pieces of {piece_len} bytes has {expected} pieces, \
          not {actual}"
@@ -763,7 +773,13 @@ fn check_geometry(
     check_piece_len(piece_len)?;
     check_pieces_per_stripe(pieces_per_stripe)?;
     let n_pieces = blob_len.div_ceil(u64::from(piece_len));
-    debug_assert!(n_pieces <= N_PIECES_MAX);
+    if n_pieces > N_PIECES_MAX {
+        return Err(MetainfoError::TooManyPieces {
+            blob_len,
+            piece_len,
+            n_pieces,
+        });
+    }
     Ok(n_pieces)
 }
 
@@ -1289,8 +1305,15 @@ mod tests {
                 blob_len: limits::BLOB_LEN_MAX + 1
             })
         );
-        // The largest blob in the smallest pieces: 2^30 pieces, but nothing reserved for them.
-        let builder = MetainfoBuilder::new(digest, limits::BLOB_LEN_MAX, &params(P, 1)).unwrap();
+        // The largest blob in the smallest pieces: 2^30 pieces, more than a metainfo may list.
+        let too_many = MetainfoBuilder::new(digest, limits::BLOB_LEN_MAX, &params(P, 1));
+        assert!(matches!(
+            too_many,
+            Err(MetainfoError::TooManyPieces { n_pieces, .. }) if n_pieces == 1 << 30
+        ));
+        // The most pieces allowed: nothing reserved for them up front.
+        let blob_len = N_PIECES_MAX * P64;
+        let builder = MetainfoBuilder::new(digest, blob_len, &params(P, 1)).unwrap();
         assert!(builder.piece_hashes.capacity() <= BUILDER_PREALLOCATED_PIECES_MAX);
         assert_eq!(builder.piece_len(), P);
     }
@@ -1540,11 +1563,22 @@ mod tests {
     }
 
     #[test]
+    fn decode_rejects_more_pieces_than_the_limit() {
+        let n_pieces = N_PIECES_MAX as u32 + 1;
+        let blob_len = u64::from(n_pieces) * P64;
+        let header = raw_header(1, 32, blob_len, P, 1, n_pieces);
+        assert!(matches!(
+            Metainfo::decode(&header),
+            Err(MetainfoError::TooManyPieces { .. })
+        ));
+    }
+
+    #[test]
     fn decode_checks_length_before_allocating() {
-        // A header that claims 2^30 pieces (32 GiB of hashes) with none present must fail on
+        // A header that claims 2^20 pieces (32 MiB of hashes) with none present must fail on
         // the length check, not try to allocate.
-        let n_pieces = (limits::BLOB_LEN_MAX / P64) as u32;
-        let header = raw_header(1, 32, limits::BLOB_LEN_MAX, P, 1, n_pieces);
+        let n_pieces = N_PIECES_MAX as u32;
+        let header = raw_header(1, 32, N_PIECES_MAX * P64, P, 1, n_pieces);
         let needed = header.len() as u64 + u64::from(n_pieces) * 32;
         assert_eq!(needed, ENCODED_LEN_MAX - 32);
         let actual = header.len();

@@ -39,6 +39,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
+use crate::metainfo::Metainfo;
 use crate::rng::Rng;
 use crate::time::Instant;
 use crate::types::{InfoHash, PeerId, PieceIndex, StripeIndex};
@@ -184,6 +185,21 @@ pub struct StripeGeometry {
 }
 
 impl StripeGeometry {
+    /// The geometry of one stripe of a blob. `stripe` must be one of the metainfo's stripes
+    /// (`Metainfo::contains_stripe`), and the blob must not be empty.
+    pub fn of(metainfo: &Metainfo, stripe: StripeIndex) -> StripeGeometry {
+        let pieces = metainfo.stripe_pieces(stripe);
+        let last = PieceIndex(pieces.end - 1);
+        StripeGeometry {
+            info_hash: metainfo.info_hash(),
+            stripe,
+            first_piece: pieces.start,
+            n_pieces: pieces.end - pieces.start,
+            piece_len: metainfo.piece_len(),
+            last_piece_len: metainfo.piece_len_of(last),
+        }
+    }
+
     fn local(&self, piece: PieceIndex) -> Option<usize> {
         let offset = piece.0.checked_sub(self.first_piece)?;
         (offset < self.n_pieces).then_some(offset as usize)
@@ -392,6 +408,8 @@ pub struct Swarm {
 
     candidates: Vec<CandidateEntry>,
     dials_in_flight: usize,
+    /// When a candidate in back-off becomes dialable while we still want connections.
+    dial_wakeup: Option<Instant>,
     blacklist: VecDeque<PeerId>,
 
     uploads: VecDeque<UploadJob>,
@@ -440,6 +458,7 @@ impl Swarm {
             n_origin_conns: 0,
             candidates: Vec::new(),
             dials_in_flight: 0,
+            dial_wakeup: None,
             blacklist: VecDeque::new(),
             uploads: VecDeque::new(),
             uploads_active: 0,
@@ -801,14 +820,7 @@ impl Swarm {
                 next = next.min(first);
             }
         }
-        if self.wants_dials()
-            && let Some(when) = self
-                .candidates
-                .iter()
-                .filter(|c| !c.dialing)
-                .map(|c| c.not_before)
-                .min()
-        {
+        if let Some(when) = self.dial_wakeup {
             next = next.min(when);
         }
         (next != Instant::NEVER).then_some(next)
@@ -1212,6 +1224,7 @@ impl Swarm {
     }
 
     fn dial(&mut self, now: Instant) {
+        self.dial_wakeup = None;
         if !self.wants_dials() {
             return;
         }
@@ -1241,6 +1254,17 @@ impl Swarm {
                 return;
             }
             let Some(position) = self.choose_candidate(now, want_agent, want_origin) else {
+                // Nobody dialable now: wake up when the first backed-off candidate is.
+                self.dial_wakeup = self
+                    .candidates
+                    .iter()
+                    .filter(|c| {
+                        !c.dialing
+                            && c.not_before > now
+                            && ((c.is_origin && want_origin) || (!c.is_origin && want_agent))
+                    })
+                    .map(|c| c.not_before)
+                    .min();
                 return;
             };
             let entry = &mut self.candidates[position];

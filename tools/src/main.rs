@@ -70,7 +70,8 @@ fn run(command: Command) -> Result<(), String> {
         Command::InspectMetainfo { file } => {
             let bytes =
                 std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-            let metainfo = Metainfo::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            let metainfo =
+                Metainfo::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
             print_metainfo(&metainfo);
             Ok(())
         }
@@ -111,10 +112,14 @@ fn build_metainfo(file: &PathBuf, digest: Digest) -> Result<Metainfo, String> {
     let len = std::fs::metadata(file)
         .map_err(|e| format!("{}: {e}", file.display()))?
         .len();
-    let mut builder = MetainfoBuilder::new(digest, len, &MetainfoParams::default())
-        .map_err(|e| e.to_string())?;
-    for_each_chunk(file, |chunk| builder.update(chunk).map_err(|e| e.to_string()))?;
-    builder.finish().map_err(|e| format!("{}: {e}", file.display()))
+    let mut builder =
+        MetainfoBuilder::new(digest, len, &MetainfoParams::default()).map_err(|e| e.to_string())?;
+    for_each_chunk(file, |chunk| {
+        builder.update(chunk).map_err(|e| e.to_string())
+    })?;
+    builder
+        .finish()
+        .map_err(|e| format!("{}: {e}", file.display()))
 }
 
 fn print_metainfo(metainfo: &Metainfo) {
