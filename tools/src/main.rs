@@ -1,7 +1,7 @@
 //! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
 //! subcommands with the engine and servers; today it carries the operator tools that only
 //! need the protocol crate.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
 use std::io::{BufReader, Read};
