@@ -414,6 +414,8 @@ pub struct Swarm {
 
     uploads: VecDeque<UploadJob>,
     uploads_active: usize,
+    /// Uploads started per piece (origins serve the least-served piece first).
+    pieces_served: Vec<u32>,
 
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -462,6 +464,7 @@ impl Swarm {
             blacklist: VecDeque::new(),
             uploads: VecDeque::new(),
             uploads_active: 0,
+            pieces_served: vec![0; n],
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             completion_reported: false,
@@ -1114,19 +1117,38 @@ impl Swarm {
 
     fn start_uploads(&mut self, now: Instant) {
         while self.uploads_active < self.config.uploads_active_max {
-            let Some(position) = self.uploads.iter().position(|job| !job.started) else {
+            let Some(position) = self.next_upload() else {
                 return;
             };
             let job = &mut self.uploads[position];
             job.started = true;
             let (conn, local) = (job.conn, job.local);
             self.uploads_active += 1;
+            self.pieces_served[local] = self.pieces_served[local].saturating_add(1);
             let header = PieceHeader {
                 piece: self.geometry.global(local),
                 length: self.geometry.piece_len_of(local),
             };
             self.send(now, conn, Message::Piece(header));
         }
+    }
+
+    /// The waiting upload to start next. Agents serve in arrival order. An origin serves the
+    /// waiting request whose piece it has sent the fewest times (arrival order among equals):
+    /// every piece leaves the origin once before any leaves twice, so the origin's bandwidth
+    /// goes to pieces the swarm does not have yet.
+    fn next_upload(&self) -> Option<usize> {
+        let mut waiting = self
+            .uploads
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| !job.started);
+        if !self.config.is_origin {
+            return waiting.next().map(|(position, _)| position);
+        }
+        waiting
+            .min_by_key(|(position, job)| (self.pieces_served[job.local], *position))
+            .map(|(position, _)| position)
     }
 
     fn fill_requests(&mut self, now: Instant) {
