@@ -62,6 +62,10 @@ pub struct SwarmConfig {
     pub dials_in_flight_max: usize,
     /// Piece requests in flight per connection (the pipeline depth).
     pub requests_per_connection_max: usize,
+    /// Piece requests in flight in this swarm, over all connections. Every request in flight
+    /// is a flow sharing the host's downlink: fewer, faster flows mean a piece is verified and
+    /// passed on sooner, which is what makes a fleet-wide pipeline short.
+    pub requests_in_flight_max: usize,
     /// Requests a remote may have queued with us per connection; more are rejected.
     pub upload_queue_per_connection_max: usize,
     /// Pieces this swarm sends at the same time; the rest wait in FIFO order.
@@ -101,6 +105,7 @@ impl Default for SwarmConfig {
             origin_connections_max: 1,
             dials_in_flight_max: 8,
             requests_per_connection_max: 2,
+            requests_in_flight_max: 4,
             upload_queue_per_connection_max: 4,
             uploads_active_max: 4,
             request_timeout: Duration::from_secs(20),
@@ -142,8 +147,8 @@ impl SwarmConfig {
         if self.dial_target > self.connections_max {
             return fail("dial_target must not exceed connections_max");
         }
-        if self.requests_per_connection_max == 0 {
-            return fail("requests_per_connection_max must be at least 1");
+        if self.requests_per_connection_max == 0 || self.requests_in_flight_max == 0 {
+            return fail("requests_per_connection_max and requests_in_flight_max must be >= 1");
         }
         if self.upload_queue_per_connection_max < self.requests_per_connection_max {
             return fail("upload_queue_per_connection_max must be >= requests_per_connection_max");
@@ -1151,44 +1156,69 @@ impl Swarm {
             .map(|(position, _)| position)
     }
 
+    /// Issues requests until the swarm has `requests_in_flight_max` in flight or no
+    /// connection can take one. Connections are visited round-robin from a random start, one
+    /// new request per connection per pass, so the requests spread over the peers.
     fn fill_requests(&mut self, now: Instant) {
-        // Visit connections from a random start so that no connection is always first.
         let n_slots = self.conns.len();
         if n_slots == 0 {
             return;
         }
+        let mut in_flight: usize = self.conns.iter().flatten().map(|c| c.requests.len()).sum();
         let start = self.rng.index(n_slots);
-        for step in 0..n_slots {
-            let index = (start + step) % n_slots;
-            while let Some(c) = self.conns[index].as_ref() {
-                // A cancelled request holds its pipeline slot until the remote acknowledges it
-                // (with the payload or a Reject), which also bounds `cancelled`.
-                if !c.is_established()
-                    || c.requests.len() + c.cancelled.len()
-                        >= self.config.requests_per_connection_max
-                    || now < c.backoff_until
-                {
-                    break;
+        // Each pass issues at least one request or stops, and in_flight is bounded: at most
+        // requests_in_flight_max + 1 passes.
+        for _pass in 0..=self.config.requests_in_flight_max {
+            let mut issued = false;
+            for step in 0..n_slots {
+                if in_flight >= self.config.requests_in_flight_max {
+                    return;
                 }
-                let handle = ConnHandle {
-                    index: index as u32,
-                    generation: c.generation,
-                };
-                let Some(local) = self.pick(index) else { break };
-                let deadline = now + self.config.request_timeout;
-                let Some(c) = self.conns[index].as_mut() else {
-                    break;
-                };
-                c.requests.push(InFlight { local, deadline });
-                c.last_useful = now;
-                if self.requested[local] == 0 {
-                    self.n_requested_missing += 1;
+                let index = (start + step) % n_slots;
+                if self.request_one(now, index) {
+                    in_flight += 1;
+                    issued = true;
                 }
-                self.requested[local] += 1;
-                let piece = self.geometry.global(local);
-                self.send(now, handle, Message::Request(piece));
+            }
+            if !issued {
+                return;
             }
         }
+    }
+
+    /// Issues one request on connection `index` if it can take one and has a piece we want.
+    fn request_one(&mut self, now: Instant, index: usize) -> bool {
+        let Some(c) = self.conns[index].as_ref() else {
+            return false;
+        };
+        // A cancelled request holds its pipeline slot until the remote acknowledges it (with
+        // the payload or a Reject), which also bounds `cancelled`.
+        if !c.is_established()
+            || c.requests.len() + c.cancelled.len() >= self.config.requests_per_connection_max
+            || now < c.backoff_until
+        {
+            return false;
+        }
+        let handle = ConnHandle {
+            index: index as u32,
+            generation: c.generation,
+        };
+        let Some(local) = self.pick(index) else {
+            return false;
+        };
+        let deadline = now + self.config.request_timeout;
+        let Some(c) = self.conns[index].as_mut() else {
+            return false;
+        };
+        c.requests.push(InFlight { local, deadline });
+        c.last_useful = now;
+        if self.requested[local] == 0 {
+            self.n_requested_missing += 1;
+        }
+        self.requested[local] += 1;
+        let piece = self.geometry.global(local);
+        self.send(now, handle, Message::Request(piece));
+        true
     }
 
     /// Rarest-first choice of a piece to request on connection `index`, with a seeded random
