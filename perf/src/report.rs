@@ -325,6 +325,9 @@ impl Report {
             counters.closes_handshake_timeout,
             counters.closes_protocol_violation
         );
+        if !counters.violations.is_empty() {
+            let _ = writeln!(out, "violations      {:?}", counters.violations);
+        }
         if self.unfinished > 0 {
             let _ = writeln!(
                 out,

@@ -54,6 +54,7 @@
 //! instant run in the order they were scheduled; no hash-map order affects behaviour; the wall
 //! clock is read only by the binary to report how long the run took.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -214,6 +215,8 @@ pub struct Counters {
     pub closes_idle: u64,
     pub closes_handshake_timeout: u64,
     pub closes_too_slow: u64,
+    /// Protocol violations by proto's reason text.
+    pub violations: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
@@ -224,7 +227,10 @@ impl Counters {
             CloseReason::Duplicate => &mut self.closes_duplicate,
             CloseReason::Blacklisted => &mut self.closes_blacklisted,
             CloseReason::AtCapacity => &mut self.closes_at_capacity,
-            CloseReason::ProtocolViolation(_) => &mut self.closes_protocol_violation,
+            CloseReason::ProtocolViolation(why) => {
+                *self.violations.entry(why).or_default() += 1;
+                &mut self.closes_protocol_violation
+            }
             CloseReason::BadPiece(_) => &mut self.closes_bad_piece,
             CloseReason::BothComplete => &mut self.closes_both_complete,
             CloseReason::Idle => &mut self.closes_idle,
@@ -805,6 +811,11 @@ impl Sim {
     fn arm_timer(&mut self, swarm: u32) {
         let now = self.now;
         let granularity = self.timer_granularity;
+        if self.swarms[swarm as usize].timer_at <= now + granularity {
+            // A wake-up within the granularity is armed already: whatever poll_timeout says,
+            // it would be served by that wake-up (handle_timeout deals with everything due).
+            return;
+        }
         let Some(swarm_ref) = self.swarm_mut(swarm) else {
             return;
         };
