@@ -427,7 +427,11 @@ impl<T: Copy> FlowNet<T> {
         flow.remaining_bytes = (flow.remaining_bytes - flow.rate_bytes_per_s * elapsed_s).max(0.0);
         flow.rate_bytes_per_s = rate;
         flow.updated_at_ns = now_ns;
-        let finish_ns = now_ns.saturating_add((flow.remaining_bytes / rate * 1e9).ceil() as u64);
+        // Rounded up (without libm's `ceil`): a flow never completes before its last byte.
+        let duration_ns = flow.remaining_bytes / rate * 1e9;
+        let whole_ns = duration_ns as u64;
+        let duration_ns = whole_ns + u64::from((whole_ns as f64) < duration_ns);
+        let finish_ns = now_ns.saturating_add(duration_ns);
         let delayed = finish_ns > flow.finish_ns;
         flow.finish_ns = finish_ns;
         let src = flow.src;

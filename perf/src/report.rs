@@ -325,6 +325,11 @@ impl Report {
             counters.closes_handshake_timeout,
             counters.closes_protocol_violation
         );
+        let _ = writeln!(
+            out,
+            "events by kind  join/depart/announce/reply/dial/deliver/disconnect/piece/timer/flow-end {:?}",
+            counters.events_by_kind
+        );
         if !counters.violations.is_empty() {
             let _ = writeln!(out, "violations      {:?}", counters.violations);
         }

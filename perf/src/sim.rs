@@ -62,7 +62,7 @@ use shoal_proto::swarm::{
     Candidate, CloseReason, ConnHandle, Direction, Event, PieceDisposition, PieceVerdict, Swarm,
     SwarmConfig, Transmit,
 };
-use shoal_proto::wire::{Message, PieceHeader};
+use shoal_proto::wire::{Handshake, Message, PieceHeader};
 use shoal_proto::{Bitfield, Instant, PeerId, PieceIndex, Rng};
 
 use crate::SimError;
@@ -150,6 +150,54 @@ struct FlowTag {
     accepted: bool,
 }
 
+/// A control message in flight. [`Message`] is as large as its largest variant (the
+/// handshake, with its bitfield); boxing that one keeps queued events small, which matters with
+/// tens of thousands in flight.
+#[derive(Debug)]
+enum Control {
+    Handshake(Box<Handshake>),
+    Other(SmallMessage),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SmallMessage {
+    Have(PieceIndex),
+    Request(PieceIndex),
+    Cancel(PieceIndex),
+    Reject(PieceIndex),
+    Complete,
+    Keepalive,
+}
+
+impl Control {
+    /// The control message, or the header of a piece payload (which travels as a flow).
+    fn pack(message: Message) -> Result<Control, PieceHeader> {
+        let small = match message {
+            Message::Handshake(handshake) => return Ok(Control::Handshake(Box::new(handshake))),
+            Message::Have(piece) => SmallMessage::Have(piece),
+            Message::Request(piece) => SmallMessage::Request(piece),
+            Message::Cancel(piece) => SmallMessage::Cancel(piece),
+            Message::Reject(piece) => SmallMessage::Reject(piece),
+            Message::Complete => SmallMessage::Complete,
+            Message::Keepalive => SmallMessage::Keepalive,
+            Message::Piece(header) => return Err(header),
+        };
+        Ok(Control::Other(small))
+    }
+
+    fn unpack(self) -> Message {
+        match self {
+            Control::Handshake(handshake) => Message::Handshake(*handshake),
+            Control::Other(SmallMessage::Have(piece)) => Message::Have(piece),
+            Control::Other(SmallMessage::Request(piece)) => Message::Request(piece),
+            Control::Other(SmallMessage::Cancel(piece)) => Message::Cancel(piece),
+            Control::Other(SmallMessage::Reject(piece)) => Message::Reject(piece),
+            Control::Other(SmallMessage::Complete) => Message::Complete,
+            Control::Other(SmallMessage::Keepalive) => Message::Keepalive,
+        }
+    }
+}
+
 #[derive(Debug)]
 enum Ev {
     Join(u32),
@@ -170,7 +218,7 @@ enum Ev {
     Deliver {
         to: u32,
         conn: ConnHandle,
-        message: Message,
+        message: Control,
     },
     Disconnect {
         to: u32,
@@ -215,6 +263,9 @@ pub struct Counters {
     pub closes_idle: u64,
     pub closes_handshake_timeout: u64,
     pub closes_too_slow: u64,
+    /// Events by kind: join, depart, announce, announce reply, dial, deliver, disconnect,
+    /// piece start, timer (stale included), flow end.
+    pub events_by_kind: [u64; 10],
     /// Protocol violations by proto's reason text.
     pub violations: BTreeMap<&'static str, u64>,
 }
@@ -554,6 +605,7 @@ impl Sim {
             if flow_due {
                 if let Some(end) = self.net.complete_next(due) {
                     self.counters.events += 1;
+                    self.counters.events_by_kind[9] += 1;
                     self.on_flow_completed(end);
                 }
             } else if let Some((at, event)) = self.queue.pop() {
@@ -603,6 +655,18 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Ev) {
+        let kind = match &event {
+            Ev::Join(_) => 0,
+            Ev::Depart(_) => 1,
+            Ev::AnnounceArrive { .. } => 2,
+            Ev::AnnounceReply { .. } => 3,
+            Ev::DialArrive { .. } => 4,
+            Ev::Deliver { .. } => 5,
+            Ev::Disconnect { .. } => 6,
+            Ev::PieceStart { .. } => 7,
+            Ev::Timer { .. } => 8,
+        };
+        self.counters.events_by_kind[kind] += 1;
         if !matches!(event, Ev::Timer { .. }) {
             self.counters.events += 1;
         }
@@ -721,8 +785,13 @@ impl Sim {
             self.host_of_swarm(end.remote_swarm),
         );
         let at = self.now + latency;
-        let event = match transmit.message {
-            Message::Piece(header) => Ev::PieceStart {
+        let event = match Control::pack(transmit.message) {
+            Ok(message) => Ev::Deliver {
+                to: end.remote_swarm,
+                conn: end.remote_conn,
+                message,
+            },
+            Err(header) => Ev::PieceStart {
                 tag: FlowTag {
                     up_swarm: from,
                     up_conn: transmit.conn,
@@ -732,11 +801,6 @@ impl Sim {
                     accepted: true,
                 },
                 header,
-            },
-            message => Ev::Deliver {
-                to: end.remote_swarm,
-                conn: end.remote_conn,
-                message,
             },
         };
         self.queue.schedule(at, event);
@@ -1006,13 +1070,12 @@ impl Sim {
         self.drain(from);
     }
 
-    fn on_deliver(&mut self, to: u32, conn: ConnHandle, message: Message) {
-        if self.link(to, conn).is_none() {
-            return;
-        }
+    fn on_deliver(&mut self, to: u32, conn: ConnHandle, message: Control) {
+        // No link look-up: proto ignores stale handles itself (they are generation-checked),
+        // and skipping it saves a cache miss on the hottest path.
         let now = self.now;
         if let Some(swarm) = self.swarm_mut(to) {
-            swarm.handle_message(now, conn, message);
+            swarm.handle_message(now, conn, message.unpack());
             self.drain(to);
         }
     }
