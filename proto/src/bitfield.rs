@@ -45,10 +45,10 @@ impl Bitfield {
         for w in bits.words.iter_mut() {
             *w = u64::MAX;
         }
-        if len % 64 != 0 {
-            if let Some(last) = bits.words.last_mut() {
-                *last = (1u64 << (len % 64)) - 1;
-            }
+        if !len.is_multiple_of(64)
+            && let Some(last) = bits.words.last_mut()
+        {
+            *last = (1u64 << (len % 64)) - 1;
         }
         bits.n_ones = len;
         bits
@@ -159,7 +159,7 @@ impl Bitfield {
                 actual: bytes.len(),
             });
         }
-        if len % 8 != 0 {
+        if !len.is_multiple_of(8) {
             let spare_mask = 0xffu8 >> (len % 8);
             if bytes[expected - 1] & spare_mask != 0 {
                 return Err(BitfieldError::SpareBitsSet { len });

@@ -39,6 +39,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
+use crate::metainfo::Metainfo;
 use crate::rng::Rng;
 use crate::time::Instant;
 use crate::types::{InfoHash, PeerId, PieceIndex, StripeIndex};
@@ -184,6 +185,21 @@ pub struct StripeGeometry {
 }
 
 impl StripeGeometry {
+    /// The geometry of one stripe of a blob. `stripe` must be one of the metainfo's stripes
+    /// (`Metainfo::contains_stripe`), and the blob must not be empty.
+    pub fn of(metainfo: &Metainfo, stripe: StripeIndex) -> StripeGeometry {
+        let pieces = metainfo.stripe_pieces(stripe);
+        let last = PieceIndex(pieces.end - 1);
+        StripeGeometry {
+            info_hash: metainfo.info_hash(),
+            stripe,
+            first_piece: pieces.start,
+            n_pieces: pieces.end - pieces.start,
+            piece_len: metainfo.piece_len(),
+            last_piece_len: metainfo.piece_len_of(last),
+        }
+    }
+
     fn local(&self, piece: PieceIndex) -> Option<usize> {
         let offset = piece.0.checked_sub(self.first_piece)?;
         (offset < self.n_pieces).then_some(offset as usize)
@@ -392,10 +408,14 @@ pub struct Swarm {
 
     candidates: Vec<CandidateEntry>,
     dials_in_flight: usize,
+    /// When a candidate in back-off becomes dialable while we still want connections.
+    dial_wakeup: Option<Instant>,
     blacklist: VecDeque<PeerId>,
 
     uploads: VecDeque<UploadJob>,
     uploads_active: usize,
+    /// Uploads started per piece (origins serve the least-served piece first).
+    pieces_served: Vec<u32>,
 
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
@@ -440,9 +460,11 @@ impl Swarm {
             n_origin_conns: 0,
             candidates: Vec::new(),
             dials_in_flight: 0,
+            dial_wakeup: None,
             blacklist: VecDeque::new(),
             uploads: VecDeque::new(),
             uploads_active: 0,
+            pieces_served: vec![0; n],
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             completion_reported: false,
@@ -506,7 +528,11 @@ impl Swarm {
             if candidate.peer == self.local_peer || self.is_blacklisted(&candidate.peer) {
                 continue;
             }
-            if let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == candidate.peer) {
+            if let Some(entry) = self
+                .candidates
+                .iter_mut()
+                .find(|c| c.peer == candidate.peer)
+            {
                 entry.is_origin = candidate.is_origin;
                 continue;
             }
@@ -613,16 +639,17 @@ impl Swarm {
                 self.on_handshake(now, conn, handshake);
             }
             (ConnState::AwaitingHandshake, _) => {
-                self.close(conn, CloseReason::ProtocolViolation("message before handshake"));
+                self.close(
+                    conn,
+                    CloseReason::ProtocolViolation("message before handshake"),
+                );
             }
             (ConnState::Established, Message::Handshake(_)) => {
                 self.close(conn, CloseReason::ProtocolViolation("second handshake"));
             }
             (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
-            (ConnState::Established, Message::Request(piece)) => {
-                self.on_request(now, conn, piece)
-            }
-            (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(conn, piece),
+            (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
+            (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(now, conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
             (ConnState::Established, Message::Complete) => self.on_complete(now, conn),
             (ConnState::Established, Message::Keepalive) => {}
@@ -646,7 +673,10 @@ impl Swarm {
             return PieceDisposition::Discard;
         };
         if !c.is_established() {
-            self.close(conn, CloseReason::ProtocolViolation("piece before handshake"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("piece before handshake"),
+            );
             return PieceDisposition::Closed;
         }
         let Some(local) = self.geometry.local(header.piece) else {
@@ -758,10 +788,10 @@ impl Swarm {
                     continue;
                 }
             }
-            if let Some(c) = self.conn(handle) {
-                if now >= c.last_sent + self.config.keepalive_interval {
-                    self.send(now, handle, Message::Keepalive);
-                }
+            if let Some(c) = self.conn(handle)
+                && now >= c.last_sent + self.config.keepalive_interval
+            {
+                self.send(now, handle, Message::Keepalive);
             }
         }
         self.maintain(now);
@@ -793,16 +823,8 @@ impl Swarm {
                 next = next.min(first);
             }
         }
-        if self.wants_dials() {
-            if let Some(when) = self
-                .candidates
-                .iter()
-                .filter(|c| !c.dialing)
-                .map(|c| c.not_before)
-                .min()
-            {
-                next = next.min(when);
-            }
+        if let Some(when) = self.dial_wakeup {
+            next = next.min(when);
         }
         (next != Instant::NEVER).then_some(next)
     }
@@ -830,7 +852,10 @@ impl Swarm {
         }
         let Some(c) = self.conn(conn) else { return };
         if c.direction == Direction::Outbound && c.peer != Some(peer) {
-            self.close(conn, CloseReason::ProtocolViolation("peer id differs from dialed"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("peer id differs from dialed"),
+            );
             return;
         }
         let existing = self.conns.iter().enumerate().find_map(|(index, slot)| {
@@ -862,8 +887,7 @@ impl Swarm {
         let Some(c) = self.conn(conn) else { return };
         let was_origin = c.is_origin;
         if handshake.is_origin && !was_origin {
-            if self.n_origin_conns >= self.config.origin_connections_max && !self.config.is_origin
-            {
+            if self.n_origin_conns >= self.config.origin_connections_max && !self.config.is_origin {
                 self.close(conn, CloseReason::AtCapacity);
                 return;
             }
@@ -932,7 +956,10 @@ impl Swarm {
 
     fn on_request(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("request outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("request outside stripe"),
+            );
             return;
         };
         let have_it = self.have.get(local);
@@ -952,9 +979,12 @@ impl Swarm {
         self.start_uploads(now);
     }
 
-    fn on_cancel(&mut self, conn: ConnHandle, piece: PieceIndex) {
+    fn on_cancel(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("cancel outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("cancel outside stripe"),
+            );
             return;
         };
         if let Some(position) = self
@@ -966,13 +996,19 @@ impl Swarm {
             if let Some(c) = self.conn_mut(conn) {
                 c.uploads_queued -= 1;
             }
+            // Acknowledge, so that the requester can forget the cancelled request.
+            self.send(now, conn, Message::Reject(piece));
         }
-        // A Cancel for an upload already being sent is too late: the driver finishes it.
+        // A Cancel for an upload already being sent is too late: the payload itself
+        // acknowledges it.
     }
 
     fn on_reject(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
-            self.close(conn, CloseReason::ProtocolViolation("reject outside stripe"));
+            self.close(
+                conn,
+                CloseReason::ProtocolViolation("reject outside stripe"),
+            );
             return;
         };
         let backoff = self.config.reject_backoff;
@@ -1081,19 +1117,38 @@ impl Swarm {
 
     fn start_uploads(&mut self, now: Instant) {
         while self.uploads_active < self.config.uploads_active_max {
-            let Some(position) = self.uploads.iter().position(|job| !job.started) else {
+            let Some(position) = self.next_upload() else {
                 return;
             };
             let job = &mut self.uploads[position];
             job.started = true;
             let (conn, local) = (job.conn, job.local);
             self.uploads_active += 1;
+            self.pieces_served[local] = self.pieces_served[local].saturating_add(1);
             let header = PieceHeader {
                 piece: self.geometry.global(local),
                 length: self.geometry.piece_len_of(local),
             };
             self.send(now, conn, Message::Piece(header));
         }
+    }
+
+    /// The waiting upload to start next. Agents serve in arrival order. An origin serves the
+    /// waiting request whose piece it has sent the fewest times (arrival order among equals):
+    /// every piece leaves the origin once before any leaves twice, so the origin's bandwidth
+    /// goes to pieces the swarm does not have yet.
+    fn next_upload(&self) -> Option<usize> {
+        let mut waiting = self
+            .uploads
+            .iter()
+            .enumerate()
+            .filter(|(_, job)| !job.started);
+        if !self.config.is_origin {
+            return waiting.next().map(|(position, _)| position);
+        }
+        waiting
+            .min_by_key(|(position, job)| (self.pieces_served[job.local], *position))
+            .map(|(position, _)| position)
     }
 
     fn fill_requests(&mut self, now: Instant) {
@@ -1105,10 +1160,12 @@ impl Swarm {
         let start = self.rng.index(n_slots);
         for step in 0..n_slots {
             let index = (start + step) % n_slots;
-            loop {
-                let Some(c) = self.conns[index].as_ref() else { break };
+            while let Some(c) = self.conns[index].as_ref() {
+                // A cancelled request holds its pipeline slot until the remote acknowledges it
+                // (with the payload or a Reject), which also bounds `cancelled`.
                 if !c.is_established()
-                    || c.requests.len() >= self.config.requests_per_connection_max
+                    || c.requests.len() + c.cancelled.len()
+                        >= self.config.requests_per_connection_max
                     || now < c.backoff_until
                 {
                     break;
@@ -1119,7 +1176,9 @@ impl Swarm {
                 };
                 let Some(local) = self.pick(index) else { break };
                 let deadline = now + self.config.request_timeout;
-                let Some(c) = self.conns[index].as_mut() else { break };
+                let Some(c) = self.conns[index].as_mut() else {
+                    break;
+                };
                 c.requests.push(InFlight { local, deadline });
                 c.last_useful = now;
                 if self.requested[local] == 0 {
@@ -1187,6 +1246,7 @@ impl Swarm {
     }
 
     fn dial(&mut self, now: Instant) {
+        self.dial_wakeup = None;
         if !self.wants_dials() {
             return;
         }
@@ -1198,12 +1258,17 @@ impl Swarm {
             .iter()
             .filter(|c| c.dialing && !c.is_origin)
             .count();
-        let dialing_origins = self.candidates.iter().filter(|c| c.dialing && c.is_origin).count();
+        let dialing_origins = self
+            .candidates
+            .iter()
+            .filter(|c| c.dialing && c.is_origin)
+            .count();
         n_agent_conns += dialing_agents;
         n_origin_conns += dialing_origins;
-        let mut budget_total = self.config.connections_max.saturating_sub(self.n_conns
-            + dialing_agents
-            + dialing_origins);
+        let mut budget_total = self
+            .config
+            .connections_max
+            .saturating_sub(self.n_conns + dialing_agents + dialing_origins);
         while self.dials_in_flight < self.config.dials_in_flight_max && budget_total > 0 {
             let want_agent = n_agent_conns < agents_wanted;
             let want_origin = n_origin_conns < self.config.origin_connections_max;
@@ -1211,6 +1276,17 @@ impl Swarm {
                 return;
             }
             let Some(position) = self.choose_candidate(now, want_agent, want_origin) else {
+                // Nobody dialable now: wake up when the first backed-off candidate is.
+                self.dial_wakeup = self
+                    .candidates
+                    .iter()
+                    .filter(|c| {
+                        !c.dialing
+                            && c.not_before > now
+                            && ((c.is_origin && want_origin) || (!c.is_origin && want_agent))
+                    })
+                    .map(|c| c.not_before)
+                    .min();
                 return;
             };
             let entry = &mut self.candidates[position];
@@ -1255,7 +1331,10 @@ impl Swarm {
     }
 
     fn dial_finished(&mut self, now: Instant, peer: PeerId, connected: bool) {
-        let Some(entry) = self.candidates.iter_mut().find(|c| c.peer == peer && c.dialing)
+        let Some(entry) = self
+            .candidates
+            .iter_mut()
+            .find(|c| c.peer == peer && c.dialing)
         else {
             return;
         };
@@ -1336,10 +1415,9 @@ impl Swarm {
         if matches!(
             reason,
             CloseReason::ProtocolViolation(_) | CloseReason::BadPiece(_)
-        ) {
-            if let Some(peer) = peer {
-                self.add_to_blacklist(peer);
-            }
+        ) && let Some(peer) = peer
+        {
+            self.add_to_blacklist(peer);
         }
         self.remove_conn(conn);
         self.events.push_back(Event::Close { conn, peer, reason });

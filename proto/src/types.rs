@@ -268,7 +268,10 @@ mod tests {
         check(&format!("md5:{HEX64}"), Err("not supported"));
         check(&format!("blake3:{HEX64}"), Err("not supported"));
         check(&format!("sha256+b64u:{HEX64}"), Err("not supported"));
-        check(&format!("sha256:{}", HEX64.to_uppercase()), Err("lowercase hex"));
+        check(
+            &format!("sha256:{}", HEX64.to_uppercase()),
+            Err("lowercase hex"),
+        );
         check(&format!("sha256:{}", &HEX64[1..]), Err("64 lowercase hex"));
         check(&format!("sha256:{HEX64}0"), Err("64 lowercase hex"));
         check(&format!("sha256:{}g", &HEX64[1..]), Err("lowercase hex"));

@@ -1,2 +1,134 @@
-//! The `shoal` binary. (Subcommands arrive with the components.)
-fn main() {}
+//! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
+//! subcommands with the engine and servers; today it carries the operator tools that only
+//! need the protocol crate.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shoal_proto::Digest;
+use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
+
+#[derive(Parser, Debug)]
+#[command(name = "shoal", version, about = "Shoal: a peer-to-peer OCI registry")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build the metainfo of a blob file (streaming; the blob is never held in memory) and
+    /// print its geometry and info hash.
+    Metainfo {
+        /// The blob.
+        file: PathBuf,
+        /// The blob's expected digest (`sha256:…` or `sha512:…`). Without it, the file's
+        /// SHA-256 is computed first (one extra read).
+        #[arg(long)]
+        digest: Option<String>,
+        /// Write the canonical encoding here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Decode an encoded metainfo file, check it, and print it.
+    InspectMetainfo { file: PathBuf },
+}
+
+/// Bytes read from a file per step when streaming a blob.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shoal: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Metainfo { file, digest, out } => {
+            let digest = match digest {
+                Some(text) => Digest::parse(&text).map_err(|e| e.to_string())?,
+                None => sha256_of_file(&file)?,
+            };
+            let metainfo = build_metainfo(&file, digest)?;
+            print_metainfo(&metainfo);
+            if let Some(out) = out {
+                std::fs::write(&out, metainfo.encode())
+                    .map_err(|e| format!("writing {}: {e}", out.display()))?;
+            }
+            Ok(())
+        }
+        Command::InspectMetainfo { file } => {
+            let bytes =
+                std::fs::read(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+            let metainfo =
+                Metainfo::decode(&bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            print_metainfo(&metainfo);
+            Ok(())
+        }
+    }
+}
+
+fn for_each_chunk(
+    file: &PathBuf,
+    mut f: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
+    let handle = File::open(file).map_err(|e| format!("opening {}: {e}", file.display()))?;
+    let mut reader = BufReader::with_capacity(READ_CHUNK_BYTES, handle);
+    let mut buffer = vec![0u8; READ_CHUNK_BYTES];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| format!("reading {}: {e}", file.display()))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        f(&buffer[..n])?;
+    }
+}
+
+fn sha256_of_file(file: &PathBuf) -> Result<Digest, String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for_each_chunk(file, |chunk| {
+        hasher.update(chunk);
+        Ok(())
+    })?;
+    Ok(Digest::Sha256(hasher.finalize().into()))
+}
+
+fn build_metainfo(file: &PathBuf, digest: Digest) -> Result<Metainfo, String> {
+    let len = std::fs::metadata(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .len();
+    let mut builder =
+        MetainfoBuilder::new(digest, len, &MetainfoParams::default()).map_err(|e| e.to_string())?;
+    for_each_chunk(file, |chunk| {
+        builder.update(chunk).map_err(|e| e.to_string())
+    })?;
+    builder
+        .finish()
+        .map_err(|e| format!("{}: {e}", file.display()))
+}
+
+fn print_metainfo(metainfo: &Metainfo) {
+    println!("digest            {}", metainfo.digest());
+    println!("blob_bytes        {}", metainfo.blob_len());
+    println!("piece_bytes       {}", metainfo.piece_len());
+    println!("pieces            {}", metainfo.n_pieces());
+    println!("pieces_per_stripe {}", metainfo.pieces_per_stripe());
+    println!("stripes           {}", metainfo.n_stripes());
+    println!("encoded_bytes     {}", metainfo.encode().len());
+    println!("info_hash         {}", metainfo.info_hash());
+}
