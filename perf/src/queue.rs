@@ -116,7 +116,8 @@ impl<E> EventQueue<E> {
             let bucket = self.buckets.iter().find(|bucket| !bucket.is_empty())?;
             self.smallest = bucket.iter().map(|&(key, _)| key).min();
         }
-        self.smallest.map(|key| Instant::from_nanos((key >> 64) as u64))
+        self.smallest
+            .map(|key| Instant::from_nanos((key >> 64) as u64))
     }
 
     /// Removes the earliest event.

@@ -43,10 +43,12 @@
 //!
 //! After every input the driver drains `poll_transmit`, then `poll_event`, then reads
 //! `poll_timeout` and keeps one pending wake-up per swarm (lazily invalidated: a wake-up that
-//! finds the swarm's timeout later than expected just re-arms). proto reports a due timer for
-//! as long as an incomplete swarm holds any idle dial candidate, even when it cannot dial
-//! (budget full), so a timeout at or before `now` is taken to mean "poll again after
-//! `timer_granularity_ms`" instead of "call now" — otherwise virtual time would never advance.
+//! finds the swarm's timeout later than expected just re-arms). Timers are quantised to
+//! `timer_granularity_ms`: when a wake-up is already armed within that span, `poll_timeout`
+//! is not read (whatever it says, that wake-up serves it, as `handle_timeout` deals with
+//! everything due), and a timeout at or before `now` — which proto should never report right
+//! after an input, and once did for as long as a swarm held an idle dial candidate — becomes a
+//! wake-up one granularity later, so that virtual time always advances.
 //!
 //! # Determinism
 //!
@@ -70,7 +72,7 @@ use crate::flows::{FlowEnd, FlowId, FlowNet};
 use crate::geometry::BlobLayout;
 use crate::queue::EventQueue;
 use crate::topology::Topology;
-use crate::tracker::{PeerInfo, Tracker};
+use crate::tracker::Tracker;
 
 /// Host index standing for the tracker in latency look-ups.
 const TRACKER_HOST: u32 = u32::MAX;
@@ -400,7 +402,7 @@ impl Sim {
         let mut blob_first_k = Vec::new();
         for (blob_index, blob) in blobs.iter().enumerate() {
             blob_first_k.push(host_stripes.len() as u32);
-            for stripe in 0..blob.n_stripes {
+            for stripe in 0..blob.n_stripes() {
                 host_stripes.push((blob_index as u32, stripe));
             }
         }
@@ -457,7 +459,7 @@ impl Sim {
             net,
             hosts,
             swarms,
-            tracker: Tracker::new(&topology.tracker, mix(seed, 0x0074_7261_636b_6572)),
+            tracker: Tracker::new(&topology.tracker, mix(seed, 0x0074_7261_636b_6572))?,
             n_counted,
             n_counted_done: 0,
             counted_bytes: 0,
@@ -478,7 +480,7 @@ impl Sim {
     fn make_hosts(topology: &Topology, blobs: &[BlobLayout]) -> Vec<Host> {
         let n_origins = topology.origins.count;
         let n_agents = topology.hosts.count;
-        let blob_stripes: Vec<u32> = blobs.iter().map(|blob| blob.n_stripes).collect();
+        let blob_stripes: Vec<u32> = blobs.iter().map(|blob| blob.n_stripes()).collect();
         let stripes_total: u32 = blob_stripes.iter().sum();
         let mut hosts = Vec::with_capacity((n_origins + n_agents) as usize);
         for _ in 0..n_origins {
@@ -622,7 +624,7 @@ impl Sim {
 
     fn sample_timeline(&mut self) {
         while self.now >= self.next_sample_at && self.timeline.len() < TIMELINE_SAMPLES_MAX {
-            let needed = self.blobs.iter().map(|blob| blob.blob_len).sum::<u64>() as f64
+            let needed = self.blobs.iter().map(|blob| blob.blob_len()).sum::<u64>() as f64
                 * f64::from(self.n_counted.max(1));
             self.timeline.push(Sample {
                 at_s: self.next_sample_at.as_secs_f64(),
@@ -987,15 +989,19 @@ impl Sim {
             return;
         }
         self.counters.announces += 1;
-        let info = PeerInfo {
-            id: peer_of(host),
-            addr: addr_of(host),
-            is_origin: state.role == Role::Origin,
-            is_complete: state.blob_stripes_left[blob as usize] == 0,
-        };
-        let info_hash = self.blobs[blob as usize].info_hash;
+        let is_origin = state.role == Role::Origin;
+        let is_complete = state.blob_stripes_left[blob as usize] == 0;
+        let info_hash = self.blobs[blob as usize].info_hash();
         let latency = self.latency(host, TRACKER_HOST);
-        let interval = match self.tracker.announce(self.now, info_hash, info) {
+        let announced = self.tracker.announce(
+            self.now,
+            info_hash,
+            peer_of(host),
+            addr_of(host),
+            is_origin,
+            is_complete,
+        );
+        let interval = match announced {
             Ok((peers, interval)) => {
                 self.queue
                     .schedule(self.now + latency, Ev::AnnounceReply { host, blob, peers });
@@ -1016,7 +1022,7 @@ impl Sim {
             return;
         }
         let first = self.blob_first_k[blob as usize];
-        let n_stripes = self.blobs[blob as usize].n_stripes;
+        let n_stripes = self.blobs[blob as usize].n_stripes();
         let now = self.now;
         for k in first..first + n_stripes {
             let swarm = self.swarm_id(host, k);

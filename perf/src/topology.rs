@@ -21,8 +21,7 @@ pub struct Topology {
     pub seed: u64,
     /// Virtual seconds after which the run stops; hosts not done by then are reported.
     pub time_limit_s: f64,
-    /// How often a swarm whose `poll_timeout` is already due is woken again (see
-    /// `sim` module docs: proto reports a due dial candidate as a due timer indefinitely).
+    /// Timer quantum: a swarm's wake-ups may run up to this late (see the `sim` module docs).
     #[serde(default = "default_timer_granularity_ms")]
     pub timer_granularity_ms: f64,
     pub hosts: HostsSection,
@@ -106,6 +105,8 @@ pub struct PiecesSection {
 pub struct TrackerSection {
     /// Seconds between a host's announces of one blob.
     pub announce_interval_s: Option<f64>,
+    /// Seconds between announces while a swarm is still forming.
+    pub announce_interval_fast_s: Option<f64>,
     /// Most peers one announce response carries.
     pub sample_size: Option<usize>,
     /// Seconds a peer stays listed after its last announce.
@@ -277,11 +278,15 @@ impl Topology {
             return fail("pieces.pieces_per_stripe must be at least 1".to_string());
         }
         let positive = |value: Option<f64>| value.is_none_or(|x| x.is_finite() && x > 0.0);
-        if !positive(self.tracker.announce_interval_s) {
-            return fail("tracker.announce_interval_s must be positive".to_string());
+        let tracker = &self.tracker;
+        if !positive(tracker.announce_interval_s)
+            || !positive(tracker.announce_interval_fast_s)
+            || !positive(tracker.peer_ttl_s)
+        {
+            return fail("tracker intervals and TTL must be positive".to_string());
         }
-        if !positive(self.tracker.peer_ttl_s) {
-            return fail("tracker.peer_ttl_s must be positive".to_string());
+        if let Err(error) = crate::tracker::tracker_config(tracker).validate() {
+            return fail(format!("[tracker]: {error}"));
         }
         if let Err(error) = self.agent_swarm_config().validate() {
             return fail(format!("[swarm]: {error}"));
