@@ -1,1 +1,36 @@
-//! Shoal's simulator and benchmark harness. (To be completed.)
+//! `shoal-perf`: Shoal's fleet simulator (and, later, its benchmark harness).
+//!
+//! The simulator drives proto's real [`shoal_proto::swarm::Swarm`] state machines — one per
+//! (host, blob, stripe) — in virtual time over a modelled network, for up to 15,000 hosts.
+//! There is no second model of the protocol here: everything the protocol decides, proto
+//! decides; this crate only moves its messages and bytes.
+//!
+//! Layout:
+//! - [`units`]: `"1.5GB"`, `"64MiB"`, `"10Gbit/s"` in topology files.
+//! - [`topology`]: the TOML topology format (`configs/sim/*.toml`), unknown keys rejected.
+//! - [`geometry`]: piece length, stripes and per-stripe geometry of each blob.
+//! - [`tracker`]: the one logical tracker the simulated hosts announce to.
+//! - [`queue`]: the virtual-time event queue (time order, FIFO among equal times).
+//! - [`flows`]: the bandwidth model (piece payloads sharing up- and downlinks).
+//! - [`sim`]: the driver: hosts, connections, timers, the network model (see its docs).
+//! - [`report`]: completion percentiles, efficiency, origin load, the simulator's own cost.
+//!
+//! The binary `shoal-sim TOPOLOGY.toml [--json] [--seed N] [--hosts N]` runs one topology.
+
+pub mod flows;
+pub mod geometry;
+pub mod queue;
+pub mod report;
+pub mod sim;
+pub mod topology;
+pub mod tracker;
+pub mod units;
+
+/// Everything that can stop a simulation from starting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimError {
+    #[error("topology: {0}")]
+    Topology(String),
+    #[error("{0}")]
+    Io(String),
+}

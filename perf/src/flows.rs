@@ -1,0 +1,668 @@
+//! The bandwidth model: piece payloads as flows sharing each host's uplink and downlink.
+//!
+//! Every host has an upload capacity and a download capacity (bytes per second). A flow
+//! carries one piece payload from an uploader to a downloader; its rate is
+//!
+//! ```text
+//! rate = min(up_src / n_up(src), down_dst / n_down(dst))
+//! ```
+//!
+//! where `n_up(src)` counts the flows `src` is sending and `n_down(dst)` those `dst` is
+//! receiving. This is an equal split per endpoint, not max-min fairness: a flow held back by
+//! its downloader leaves the rest of its share of the uploader's link unused.
+//!
+//! A rate changes only when one of its two endpoints gains or loses a flow, so starting,
+//! finishing or cancelling a flow re-rates exactly the flows of its uploader's uplink and
+//! its downloader's downlink (O(affected flows), nothing global). Each flow keeps its
+//! remaining bytes as of its last re-rating; a re-rating that changes the rate first settles
+//! the bytes sent since then, then computes the new completion time.
+//!
+//! Completion times are kept in two levels, because a re-rating touches dozens of flows and a
+//! heap entry per re-rated flow (even lazily invalidated) made the heap the simulator's main
+//! cost: each host remembers the earliest completion among the flows it sends, and an indexed
+//! min-heap over hosts (one entry per host, updated in place) orders those. A re-rating that
+//! makes a flow earlier than its uploader's earliest updates it in O(1); one that delays the
+//! uploader's earliest flow marks the uploader for a rescan of its (few) flows, done once per
+//! batch of re-ratings.
+
+use shoal_proto::Instant;
+
+/// Names one live flow. Slots are reused once a flow ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowId(pub u32);
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Endpoint {
+    up_bytes_per_s: f64,
+    down_bytes_per_s: f64,
+    /// Flows this host is sending (slot indexes).
+    up: Vec<u32>,
+    /// Flows this host is receiving.
+    down: Vec<u32>,
+    /// The earliest-completing flow this host sends (`NONE` if it sends none), and when.
+    earliest_flow: u32,
+    earliest_ns: u64,
+    /// On the dirty list of the current batch of re-ratings.
+    dirty: bool,
+    /// `earliest_*` may be too early (the earliest flow was delayed or removed): rescan.
+    rescan: bool,
+}
+
+/// Kept to one cache line: re-rating touches dozens of flows per event.
+#[derive(Debug, Clone, Copy)]
+struct Flow {
+    src: u32,
+    dst: u32,
+    bytes: u64,
+    /// Bytes still to send as of `updated_at_ns`.
+    remaining_bytes: f64,
+    rate_bytes_per_s: f64,
+    updated_at_ns: u64,
+    finish_ns: u64,
+    /// Positions in `hosts[src].up` and `hosts[dst].down` (for O(1) removal).
+    up_position: u32,
+    down_position: u32,
+    live: bool,
+}
+
+/// A flow that delivered its last byte, or was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FlowEnd<T> {
+    pub id: FlowId,
+    pub src: u32,
+    pub dst: u32,
+    /// Bytes that crossed the network (all of them for a completed flow).
+    pub bytes_sent: u64,
+    pub tag: T,
+}
+
+/// A binary min-heap of hosts keyed by their earliest completion, with in-place updates.
+/// Ties go to the lower host index, so the order is deterministic.
+#[derive(Debug, Default)]
+struct HostHeap {
+    heap: Vec<u32>,
+    key_ns: Vec<u64>,
+    position: Vec<u32>,
+}
+
+impl HostHeap {
+    fn add_host(&mut self) {
+        self.key_ns.push(u64::MAX);
+        self.position.push(NONE);
+    }
+
+    fn less(&self, a: u32, b: u32) -> bool {
+        (self.key_ns[a as usize], a) < (self.key_ns[b as usize], b)
+    }
+
+    fn peek(&self) -> Option<(u64, u32)> {
+        let &host = self.heap.first()?;
+        Some((self.key_ns[host as usize], host))
+    }
+
+    /// Sets `host`'s key; `u64::MAX` removes it.
+    fn set(&mut self, host: u32, key_ns: u64) {
+        let index = host as usize;
+        let position = self.position[index];
+        if key_ns == u64::MAX {
+            if position != NONE {
+                self.remove_at(position as usize);
+            }
+            self.key_ns[index] = u64::MAX;
+            return;
+        }
+        let old = self.key_ns[index];
+        self.key_ns[index] = key_ns;
+        if position == NONE {
+            self.heap.push(host);
+            let at = self.heap.len() - 1;
+            self.position[index] = at as u32;
+            self.sift_up(at);
+        } else if key_ns < old {
+            self.sift_up(position as usize);
+        } else if key_ns > old {
+            self.sift_down(position as usize);
+        }
+    }
+
+    fn remove_at(&mut self, at: usize) {
+        let removed = self.heap.swap_remove(at);
+        self.position[removed as usize] = NONE;
+        if at < self.heap.len() {
+            self.position[self.heap[at] as usize] = at as u32;
+            self.sift_down(at);
+            self.sift_up(at);
+        }
+    }
+
+    fn swap(&mut self, a: usize, b: usize) {
+        self.heap.swap(a, b);
+        self.position[self.heap[a] as usize] = a as u32;
+        self.position[self.heap[b] as usize] = b as u32;
+    }
+
+    fn sift_up(&mut self, mut at: usize) {
+        while at > 0 {
+            let parent = (at - 1) / 2;
+            if !self.less(self.heap[at], self.heap[parent]) {
+                break;
+            }
+            self.swap(at, parent);
+            at = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut at: usize) {
+        loop {
+            let left = 2 * at + 1;
+            if left >= self.heap.len() {
+                break;
+            }
+            let right = left + 1;
+            let mut child = left;
+            if right < self.heap.len() && self.less(self.heap[right], self.heap[left]) {
+                child = right;
+            }
+            if !self.less(self.heap[child], self.heap[at]) {
+                break;
+            }
+            self.swap(at, child);
+            at = child;
+        }
+    }
+}
+
+/// All flows of a simulation. `T` is the driver's note about a flow (which connection, which
+/// piece), handed back when the flow ends.
+#[derive(Debug)]
+pub struct FlowNet<T> {
+    hosts: Vec<Endpoint>,
+    /// Per host: (upload capacity / flows sent, download capacity / flows received), kept
+    /// apart from `hosts` so that re-rating reads one small, dense array.
+    shares: Vec<(f64, f64)>,
+    flows: Vec<Flow>,
+    /// The driver's note of each flow slot.
+    tags: Vec<T>,
+    free_slots: Vec<u32>,
+    by_earliest: HostHeap,
+    /// Hosts whose earliest completion changed in the current batch.
+    dirty: Vec<u32>,
+    n_live: usize,
+}
+
+impl<T: Copy> Default for FlowNet<T> {
+    fn default() -> Self {
+        FlowNet::new()
+    }
+}
+
+impl<T: Copy> FlowNet<T> {
+    pub fn new() -> FlowNet<T> {
+        FlowNet {
+            hosts: Vec::new(),
+            shares: Vec::new(),
+            flows: Vec::new(),
+            tags: Vec::new(),
+            free_slots: Vec::new(),
+            by_earliest: HostHeap::default(),
+            dirty: Vec::new(),
+            n_live: 0,
+        }
+    }
+
+    /// Adds a host; hosts are numbered in the order they are added, from 0.
+    pub fn add_host(&mut self, up_bytes_per_s: f64, down_bytes_per_s: f64) -> u32 {
+        assert!(
+            up_bytes_per_s > 0.0 && down_bytes_per_s > 0.0,
+            "capacities must be positive"
+        );
+        self.hosts.push(Endpoint {
+            up_bytes_per_s,
+            down_bytes_per_s,
+            up: Vec::new(),
+            down: Vec::new(),
+            earliest_flow: NONE,
+            earliest_ns: u64::MAX,
+            dirty: false,
+            rescan: false,
+        });
+        self.shares.push((up_bytes_per_s, down_bytes_per_s));
+        self.by_earliest.add_host();
+        (self.hosts.len() - 1) as u32
+    }
+
+    pub fn n_live(&self) -> usize {
+        self.n_live
+    }
+
+    /// Flows `host` is sending.
+    pub fn flows_up(&self, host: u32) -> impl Iterator<Item = (FlowId, &T)> + '_ {
+        self.hosts[host as usize]
+            .up
+            .iter()
+            .map(|&slot| (FlowId(slot), &self.tags[slot as usize]))
+    }
+
+    /// Flows `host` is receiving.
+    pub fn flows_down(&self, host: u32) -> impl Iterator<Item = (FlowId, &T)> + '_ {
+        self.hosts[host as usize]
+            .down
+            .iter()
+            .map(|&slot| (FlowId(slot), &self.tags[slot as usize]))
+    }
+
+    /// Current rate of a live flow.
+    pub fn rate_bytes_per_s(&self, id: FlowId) -> f64 {
+        let flow = &self.flows[id.0 as usize];
+        assert!(flow.live, "rate of a finished flow");
+        flow.rate_bytes_per_s
+    }
+
+    /// Starts sending `bytes` from `src` to `dst` at `now`.
+    pub fn start(&mut self, now: Instant, src: u32, dst: u32, bytes: u64, tag: T) -> FlowId {
+        assert_ne!(src, dst, "a host does not send to itself");
+        let flow = Flow {
+            src,
+            dst,
+            bytes,
+            remaining_bytes: bytes as f64,
+            rate_bytes_per_s: 0.0,
+            updated_at_ns: now.as_nanos(),
+            finish_ns: u64::MAX,
+            up_position: self.hosts[src as usize].up.len() as u32,
+            down_position: self.hosts[dst as usize].down.len() as u32,
+            live: true,
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.flows[slot as usize] = flow;
+                self.tags[slot as usize] = tag;
+                slot
+            }
+            None => {
+                self.flows.push(flow);
+                self.tags.push(tag);
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.hosts[src as usize].up.push(slot);
+        self.hosts[dst as usize].down.push(slot);
+        self.update_shares(src, dst);
+        self.n_live += 1;
+        self.rerate_endpoints(now, src, dst);
+        FlowId(slot)
+    }
+
+    /// Stops a live flow before its end; returns what it had sent.
+    pub fn cancel(&mut self, now: Instant, id: FlowId) -> FlowEnd<T> {
+        let flow = self.flows[id.0 as usize];
+        assert!(flow.live, "cancel of a finished flow");
+        let elapsed_s = now.as_nanos().saturating_sub(flow.updated_at_ns) as f64 * 1e-9;
+        let remaining = (flow.remaining_bytes - flow.rate_bytes_per_s * elapsed_s).max(0.0);
+        let bytes_sent = flow.bytes - (remaining.ceil() as u64).min(flow.bytes);
+        self.remove(now, id);
+        FlowEnd {
+            id,
+            src: flow.src,
+            dst: flow.dst,
+            bytes_sent,
+            tag: self.tags[id.0 as usize],
+        }
+    }
+
+    /// When the next flow completes, if any flow is live.
+    pub fn next_completion(&self) -> Option<Instant> {
+        self.by_earliest
+            .peek()
+            .map(|(at_ns, _)| Instant::from_nanos(at_ns))
+    }
+
+    /// Ends the earliest flow if it completes at or before `now`.
+    pub fn complete_next(&mut self, now: Instant) -> Option<FlowEnd<T>> {
+        let (at_ns, host) = self.by_earliest.peek()?;
+        if at_ns > now.as_nanos() {
+            return None;
+        }
+        let slot = self.hosts[host as usize].earliest_flow;
+        debug_assert_ne!(slot, NONE, "a host in the heap sends a flow");
+        let flow = self.flows[slot as usize];
+        self.remove(now, FlowId(slot));
+        Some(FlowEnd {
+            id: FlowId(slot),
+            src: flow.src,
+            dst: flow.dst,
+            bytes_sent: flow.bytes,
+            tag: self.tags[slot as usize],
+        })
+    }
+
+    fn remove(&mut self, now: Instant, id: FlowId) {
+        let flow = &mut self.flows[id.0 as usize];
+        flow.live = false;
+        let (src, dst) = (flow.src, flow.dst);
+        let (up_position, down_position) = (flow.up_position, flow.down_position);
+
+        let up = &mut self.hosts[src as usize].up;
+        up.swap_remove(up_position as usize);
+        if let Some(&moved) = up.get(up_position as usize) {
+            self.flows[moved as usize].up_position = up_position;
+        }
+        let down = &mut self.hosts[dst as usize].down;
+        down.swap_remove(down_position as usize);
+        if let Some(&moved) = down.get(down_position as usize) {
+            self.flows[moved as usize].down_position = down_position;
+        }
+        self.free_slots.push(id.0);
+        self.n_live -= 1;
+        self.update_shares(src, dst);
+        if self.hosts[src as usize].earliest_flow == id.0 {
+            self.mark(src, true);
+        }
+        self.rerate_endpoints(now, src, dst);
+    }
+
+    /// Re-rates every flow on `src`'s uplink and `dst`'s downlink, then brings the
+    /// earliest-completion index up to date for every uploader touched.
+    fn rerate_endpoints(&mut self, now: Instant, src: u32, dst: u32) {
+        for index in 0..self.hosts[src as usize].up.len() {
+            let slot = self.hosts[src as usize].up[index];
+            self.rerate(now, slot);
+        }
+        for index in 0..self.hosts[dst as usize].down.len() {
+            let slot = self.hosts[dst as usize].down[index];
+            self.rerate(now, slot);
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &host in &dirty {
+            let endpoint = &mut self.hosts[host as usize];
+            endpoint.dirty = false;
+            if endpoint.rescan {
+                endpoint.rescan = false;
+                let (mut earliest_flow, mut earliest_ns) = (NONE, u64::MAX);
+                for &slot in &endpoint.up {
+                    let finish_ns = self.flows[slot as usize].finish_ns;
+                    if finish_ns < earliest_ns {
+                        (earliest_flow, earliest_ns) = (slot, finish_ns);
+                    }
+                }
+                endpoint.earliest_flow = earliest_flow;
+                endpoint.earliest_ns = earliest_ns;
+            }
+            let earliest_ns = endpoint.earliest_ns;
+            self.by_earliest.set(host, earliest_ns);
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+
+    fn update_shares(&mut self, src: u32, dst: u32) {
+        let sender = &self.hosts[src as usize];
+        self.shares[src as usize].0 = sender.up_bytes_per_s / sender.up.len().max(1) as f64;
+        let receiver = &self.hosts[dst as usize];
+        self.shares[dst as usize].1 = receiver.down_bytes_per_s / receiver.down.len().max(1) as f64;
+    }
+
+    fn mark(&mut self, host: u32, rescan: bool) {
+        let endpoint = &mut self.hosts[host as usize];
+        endpoint.rescan |= rescan;
+        if !endpoint.dirty {
+            endpoint.dirty = true;
+            self.dirty.push(host);
+        }
+    }
+
+    fn rerate(&mut self, now: Instant, slot: u32) {
+        let flow = &self.flows[slot as usize];
+        let rate = self.shares[flow.src as usize]
+            .0
+            .min(self.shares[flow.dst as usize].1);
+        if rate == flow.rate_bytes_per_s {
+            return;
+        }
+        let now_ns = now.as_nanos();
+        let flow = &mut self.flows[slot as usize];
+        let elapsed_s = now_ns.saturating_sub(flow.updated_at_ns) as f64 * 1e-9;
+        flow.remaining_bytes = (flow.remaining_bytes - flow.rate_bytes_per_s * elapsed_s).max(0.0);
+        flow.rate_bytes_per_s = rate;
+        flow.updated_at_ns = now_ns;
+        // Rounded up (without libm's `ceil`): a flow never completes before its last byte.
+        let duration_ns = flow.remaining_bytes / rate * 1e9;
+        let whole_ns = duration_ns as u64;
+        let duration_ns = whole_ns + u64::from((whole_ns as f64) < duration_ns);
+        let finish_ns = now_ns.saturating_add(duration_ns);
+        let delayed = finish_ns > flow.finish_ns;
+        flow.finish_ns = finish_ns;
+        let src = flow.src;
+        let endpoint = &mut self.hosts[src as usize];
+        if endpoint.earliest_flow == slot {
+            if delayed {
+                self.mark(src, true);
+            } else {
+                endpoint.earliest_ns = finish_ns;
+                self.mark(src, false);
+            }
+        } else if finish_ns < endpoint.earliest_ns {
+            endpoint.earliest_flow = slot;
+            endpoint.earliest_ns = finish_ns;
+            self.mark(src, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn at(ns: u64) -> Instant {
+        Instant::from_nanos(ns)
+    }
+
+    /// Runs the network to quiescence; returns (tag, completion ns) in completion order.
+    fn drain(net: &mut FlowNet<u32>) -> Vec<(u32, u64)> {
+        let mut done = Vec::new();
+        while let Some(when) = net.next_completion() {
+            let end = net.complete_next(when).expect("the next completion is due");
+            done.push((end.tag, when.as_nanos()));
+        }
+        done
+    }
+
+    #[test]
+    fn two_flows_share_an_uplink() {
+        let mut net = FlowNet::new();
+        let src = net.add_host(100.0, 1e9);
+        let a = net.add_host(1e9, 1e9);
+        let b = net.add_host(1e9, 1e9);
+        net.start(at(0), src, a, 100, 1);
+        net.start(at(0), src, b, 100, 2);
+        // 50 B/s each: both need 2 s.
+        assert_eq!(drain(&mut net), vec![(1, 2 * SECOND), (2, 2 * SECOND)]);
+        assert_eq!(net.n_live(), 0);
+    }
+
+    #[test]
+    fn rate_recomputed_when_a_flow_ends() {
+        let mut net = FlowNet::new();
+        let src = net.add_host(100.0, 1e9);
+        let a = net.add_host(1e9, 1e9);
+        let b = net.add_host(1e9, 1e9);
+        net.start(at(0), src, a, 50, 1);
+        let long = net.start(at(0), src, b, 150, 2);
+        assert_eq!(net.rate_bytes_per_s(long), 50.0);
+        // Flow 1 ends at 1 s (50 B at 50 B/s); flow 2 has 100 B left, alone at 100 B/s.
+        let first = net.next_completion().expect("flow 1 pending");
+        assert_eq!(first, at(SECOND));
+        let end = net.complete_next(first).expect("flow 1 due");
+        assert_eq!((end.tag, end.bytes_sent), (1, 50));
+        assert_eq!(net.rate_bytes_per_s(long), 100.0);
+        assert_eq!(drain(&mut net), vec![(2, 2 * SECOND)]);
+    }
+
+    #[test]
+    fn late_joiner_slows_the_first_flow() {
+        let mut net = FlowNet::new();
+        let src = net.add_host(100.0, 1e9);
+        let a = net.add_host(1e9, 1e9);
+        let b = net.add_host(1e9, 1e9);
+        net.start(at(0), src, a, 200, 1);
+        // After 1 s flow 1 has 100 B left; then both run at 50 B/s.
+        net.start(at(SECOND), src, b, 50, 2);
+        // Flow 2 ends at 2 s; flow 1 has 50 B left at 100 B/s: ends at 2.5 s.
+        assert_eq!(
+            drain(&mut net),
+            vec![(2, 2 * SECOND), (1, 2 * SECOND + SECOND / 2)]
+        );
+    }
+
+    #[test]
+    fn downlink_share_caps_the_rate() {
+        let mut net = FlowNet::new();
+        let fast_a = net.add_host(1000.0, 1e9);
+        let fast_b = net.add_host(1000.0, 1e9);
+        let slow = net.add_host(1e9, 100.0);
+        let f1 = net.start(at(0), fast_a, slow, 100, 1);
+        let f2 = net.start(at(0), fast_b, slow, 100, 2);
+        assert_eq!(net.rate_bytes_per_s(f1), 50.0);
+        assert_eq!(net.rate_bytes_per_s(f2), 50.0);
+        assert_eq!(drain(&mut net), vec![(1, 2 * SECOND), (2, 2 * SECOND)]);
+    }
+
+    #[test]
+    fn cancel_frees_bandwidth_and_reports_bytes_sent() {
+        let mut net = FlowNet::new();
+        let src = net.add_host(100.0, 1e9);
+        let a = net.add_host(1e9, 1e9);
+        let b = net.add_host(1e9, 1e9);
+        let doomed = net.start(at(0), src, a, 1000, 1);
+        net.start(at(0), src, b, 100, 2);
+        let end = net.cancel(at(SECOND), doomed);
+        assert_eq!((end.tag, end.bytes_sent), (1, 50));
+        // Flow 2: 50 B sent by 1 s, the other 50 B at 100 B/s.
+        assert_eq!(drain(&mut net), vec![(2, SECOND + SECOND / 2)]);
+    }
+
+    #[test]
+    fn slots_are_reused_without_confusing_stale_entries() {
+        let mut net = FlowNet::new();
+        let src = net.add_host(100.0, 1e9);
+        let dst = net.add_host(1e9, 1e9);
+        let first = net.start(at(0), src, dst, 100, 1);
+        net.cancel(at(0), first);
+        let second = net.start(at(0), src, dst, 300, 2);
+        assert_eq!(first, second, "the slot is reused");
+        assert_eq!(drain(&mut net), vec![(2, 3 * SECOND)]);
+    }
+
+    /// A brute-force model: every rate recomputed from scratch at every change.
+    #[derive(Default)]
+    struct Naive {
+        up: Vec<f64>,
+        down: Vec<f64>,
+        /// (tag, src, dst, remaining bytes)
+        flows: Vec<(u32, u32, u32, f64)>,
+        now_s: f64,
+    }
+
+    impl Naive {
+        fn rates(&self) -> Vec<f64> {
+            let count = |pick: fn(&(u32, u32, u32, f64)) -> u32, host: u32| {
+                self.flows.iter().filter(|f| pick(f) == host).count() as f64
+            };
+            self.flows
+                .iter()
+                .map(|&(_, src, dst, _)| {
+                    (self.up[src as usize] / count(|f| f.1, src))
+                        .min(self.down[dst as usize] / count(|f| f.2, dst))
+                })
+                .collect()
+        }
+
+        /// Advances to `until_s`, returning (tag, time) of flows finishing on the way.
+        fn advance(&mut self, until_s: f64) -> Vec<(u32, f64)> {
+            let mut done = Vec::new();
+            loop {
+                let rates = self.rates();
+                let next = self
+                    .flows
+                    .iter()
+                    .zip(&rates)
+                    .enumerate()
+                    .map(|(i, (f, r))| (self.now_s + f.3 / r, i))
+                    .min_by(|a, b| a.partial_cmp(b).expect("finite"));
+                match next {
+                    Some((at_s, index)) if at_s <= until_s => {
+                        let dt = at_s - self.now_s;
+                        for (flow, rate) in self.flows.iter_mut().zip(&rates) {
+                            flow.3 -= rate * dt;
+                        }
+                        self.now_s = at_s;
+                        done.push((self.flows.remove(index).0, at_s));
+                    }
+                    _ => {
+                        let dt = until_s - self.now_s;
+                        for (flow, rate) in self.flows.iter_mut().zip(&rates) {
+                            flow.3 -= rate * dt;
+                        }
+                        self.now_s = until_s;
+                        return done;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn matches_brute_force_model() {
+        use shoal_proto::Rng;
+        for seed in 0..20 {
+            let mut rng = Rng::new(seed);
+            let mut net = FlowNet::new();
+            let mut naive = Naive::default();
+            let n_hosts = 2 + rng.index(6) as u32;
+            for _ in 0..n_hosts {
+                let up = 100.0 * (1 + rng.index(10)) as f64;
+                let down = 100.0 * (1 + rng.index(10)) as f64;
+                net.add_host(up, down);
+                naive.up.push(up);
+                naive.down.push(down);
+            }
+            let mut now_ns = 0u64;
+            let mut finished = Vec::new();
+            let mut expected = Vec::new();
+            for tag in 0..60u32 {
+                now_ns += rng.below(SECOND);
+                while let Some(at) = net.next_completion().filter(|at| at.as_nanos() <= now_ns) {
+                    let end = net.complete_next(at).expect("due");
+                    finished.push((end.tag, at.as_nanos() as f64 * 1e-9));
+                }
+                expected.extend(naive.advance(now_ns as f64 * 1e-9));
+                let src = rng.index(n_hosts as usize) as u32;
+                let dst = (src + 1 + rng.index(n_hosts as usize - 1) as u32) % n_hosts;
+                let bytes = 1 + rng.below(500);
+                net.start(at(now_ns), src, dst, bytes, tag);
+                naive.flows.push((tag, src, dst, bytes as f64));
+            }
+            while let Some(at) = net.next_completion() {
+                let end = net.complete_next(at).expect("due");
+                finished.push((end.tag, at.as_nanos() as f64 * 1e-9));
+            }
+            expected.extend(naive.advance(f64::MAX / 4.0));
+            assert_eq!(finished.len(), expected.len(), "seed {seed}");
+            for (got, want) in finished.iter().zip(&expected) {
+                assert!(
+                    (got.1 - want.1).abs() < 1e-6,
+                    "seed {seed}: {got:?} vs {want:?}"
+                );
+            }
+            let mut got_tags: Vec<u32> = finished.iter().map(|f| f.0).collect();
+            let mut want_tags: Vec<u32> = expected.iter().map(|f| f.0).collect();
+            got_tags.sort_unstable();
+            want_tags.sort_unstable();
+            assert_eq!(got_tags, want_tags, "seed {seed}");
+        }
+    }
+}
