@@ -106,7 +106,9 @@ pub use blob::BlobFile;
 pub use download::{Download, DownloadHandle};
 pub use error::StoreError;
 pub use evict::{EvictReason, EvictedBlob, EvictionReport};
-pub use recovery::{DiscardReason, Discarded, RecoveryReport, ResumableDownload};
+pub use recovery::{
+    DISCARDED_LISTED_MAX, DiscardReason, Discarded, RecoveryReport, ResumableDownload,
+};
 pub use sys::DiskUsage;
 
 use download::DownloadShared;

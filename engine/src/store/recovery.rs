@@ -32,6 +32,10 @@ use super::error::IoContext;
 use super::layout::{self, BlobFileKind, Layout};
 use super::{BlobEntry, StoreConfig, StoreError, download, sys};
 
+/// The report lists at most this many discarded paths (all are logged and counted): a root
+/// littered with garbage must not make the report unbounded.
+pub const DISCARDED_LISTED_MAX: usize = 1024;
+
 /// What [`super::Store::open`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -41,8 +45,10 @@ pub struct RecoveryReport {
     pub blob_bytes: u64,
     /// Downloads that can be resumed with `begin_download`.
     pub resumable: Vec<ResumableDownload>,
-    /// Everything removed, and why.
+    /// What was removed, and why: the first [`DISCARDED_LISTED_MAX`].
     pub discarded: Vec<Discarded>,
+    /// How many paths were removed in all.
+    pub n_discarded: usize,
     /// Bits cleared because the piece failed its hash (`verify_on_start`).
     pub n_pieces_failed_verification: u64,
 }
@@ -225,7 +231,7 @@ pub(crate) async fn recover(
         n_blobs = report.n_blobs,
         blob_bytes = report.blob_bytes,
         n_resumable = report.resumable.len(),
-        n_discarded = report.discarded.len(),
+        n_discarded = report.n_discarded,
         n_pieces_failed_verification = report.n_pieces_failed_verification,
         "store recovered"
     );
@@ -238,7 +244,10 @@ fn discard(report: &mut RecoveryReport, path: PathBuf, reason: DiscardReason) {
     if let Err(error) = sys::remove_all_blocking(&path) {
         tracing::error!(path = %path.display(), %error, "could not remove");
     }
-    report.discarded.push(Discarded { path, reason });
+    report.n_discarded += 1;
+    if report.discarded.len() < DISCARDED_LISTED_MAX {
+        report.discarded.push(Discarded { path, reason });
+    }
 }
 
 /// The entries of a directory as (UTF-8 name or `None`, path, is a directory).

@@ -866,6 +866,7 @@ fn recovery_discards_everything_it_cannot_vouch_for() {
             assert!(!path.exists(), "{} still exists", path.display());
         }
         assert_eq!(found.len(), expected.len(), "{found:#?}");
+        assert_eq!(report.n_discarded, expected.len());
         assert_eq!(report.n_blobs, 1);
         assert_eq!(report.blob_bytes, good.data.len() as u64);
         assert_eq!(report.resumable.len(), 1);
