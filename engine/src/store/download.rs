@@ -215,6 +215,8 @@ pub(crate) enum FailPoint {
     /// The piece's data is written and fdatasync'd, then `write_piece` returns `Ok` without
     /// setting the bit: the state a crash between steps 2 and 3 leaves.
     SkipBit,
+    /// The next commit's data fdatasync fails with EIO.
+    FailDataSync,
 }
 
 /// The group commit of one handle. Pieces join the open batch (generation `next_gen`) once
@@ -344,7 +346,8 @@ impl Download {
     /// returns once it is durable and its bit persisted (see the module docs for the order
     /// and the group commit). The buffer comes back, for reuse.
     ///
-    /// A piece already stored is not written again (`Ok` at once). Errors name the download:
+    /// A piece already stored (its data durable, possibly through another handle whose commit
+    /// is still persisting the bit) is not written again: `Ok` at once. Errors name the download:
     /// a full disk is [`StoreError::NoSpace`], a failed fsync poisons the download.
     pub async fn write_piece<B: IoBuf>(
         &self,
@@ -403,14 +406,14 @@ impl Download {
     async fn wait_committed(&self, my_gen: u64) -> Result<(), StoreError> {
         let local = &*self.local;
         loop {
+            if local.commit.borrow().done_gen >= my_gen {
+                return Ok(());
+            }
             if let Phase::Poisoned(reason) = &lock(&local.shared.bits).phase {
                 return Err(local.shared.poisoned_error(reason));
             }
             let leader = {
                 let mut queue = local.commit.borrow_mut();
-                if queue.done_gen >= my_gen {
-                    return Ok(());
-                }
                 if queue.in_flight {
                     None
                 } else {
@@ -453,6 +456,14 @@ impl Download {
         }
         #[cfg(test)]
         local.n_commits.set(local.n_commits.get() + 1);
+        #[cfg(test)]
+        if local.fail_point.get() == Some(FailPoint::FailDataSync) {
+            return Err(StoreError::io(
+                "fdatasync",
+                &shared.data_path,
+                io::Error::from_raw_os_error(5),
+            ));
+        }
         local
             .data
             .sync_data()

@@ -415,6 +415,84 @@ fn a_dropped_write_does_not_wedge_the_commit() {
     });
 }
 
+/// A failed fsync poisons the download: nothing more is written or completed through it, the
+/// bits already on disk stay true, and beginning again resumes from them.
+#[test]
+fn a_failed_fsync_poisons_the_download_until_it_is_begun_again() {
+    run(async {
+        let dir = TempDir::new("poison");
+        let (store, _) = open_store(dir.path(), test_config()).await;
+        let blob = TestBlob::new(6 * P as usize, 17, 4);
+        let download = store.begin_download(&blob.metainfo).await.unwrap();
+        let other_shard = download.handle().open().await.unwrap();
+        write_pieces_concurrently(&download, &blob, &[0, 1]).await;
+        download.set_fail_point(Some(FailPoint::FailDataSync));
+        let (result, _) = download.write_piece(PieceIndex(2), blob.piece(2)).await;
+        match result {
+            Err(StoreError::Io { op, source, .. }) => {
+                assert_eq!(op, "fdatasync");
+                assert_eq!(source.raw_os_error(), Some(5));
+            }
+            other => panic!("{other:?}"),
+        }
+        download.set_fail_point(None);
+        for handle in [&download, &other_shard] {
+            let (result, _) = handle.write_piece(PieceIndex(3), blob.piece(3)).await;
+            assert!(
+                matches!(result, Err(StoreError::Poisoned { .. })),
+                "{result:?}"
+            );
+            assert!(matches!(
+                handle.complete().await,
+                Err(StoreError::Poisoned { .. })
+            ));
+        }
+        // Durable pieces stay readable.
+        let (result, piece) = other_shard
+            .read_piece(PieceIndex(1), Vec::with_capacity(P as usize))
+            .await;
+        result.unwrap();
+        assert_eq!(piece, blob.piece(1));
+        // While a handle lives, beginning again gives the poisoned download back.
+        let again = store.begin_download(&blob.metainfo).await.unwrap();
+        assert!(matches!(
+            again.complete().await,
+            Err(StoreError::Poisoned { .. })
+        ));
+        drop((download, other_shard, again));
+
+        let download = store.begin_download(&blob.metainfo).await.unwrap();
+        assert_eq!(
+            download.bitfield().iter_ones().collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        write_pieces_concurrently(&download, &blob, &[2, 3, 4, 5]).await;
+        let path = download.complete().await.unwrap();
+        assert_eq!(file_digest(&path), blob.digest());
+    });
+}
+
+#[test]
+fn discard_download_removes_an_unused_download() {
+    run(async {
+        let dir = TempDir::new("discard");
+        let (store, _) = open_store(dir.path(), test_config()).await;
+        let blob = TestBlob::new(3 * P as usize, 18, 4);
+        let download = store.begin_download(&blob.metainfo).await.unwrap();
+        write_piece(&download, &blob, 0).await;
+        assert!(matches!(
+            store.discard_download(&blob.digest()).await,
+            Err(StoreError::Busy { .. })
+        ));
+        drop(download);
+        store.discard_download(&blob.digest()).await.unwrap();
+        assert!(dir_entries(&dir.path().join("downloads")).is_empty());
+        store.discard_download(&blob.digest()).await.unwrap(); // absent: fine
+        let download = store.begin_download(&blob.metainfo).await.unwrap();
+        assert_eq!(download.n_stored(), 0);
+    });
+}
+
 // ---- beginning, resuming, conflicts --------------------------------------------------------
 
 #[test]
