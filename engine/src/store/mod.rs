@@ -77,10 +77,11 @@
 //!
 //! # Start-up, eviction
 //!
-//! [`Store::open`] removes anything it cannot vouch for (see [`recovery`]'s rules, reported in
-//! a [`RecoveryReport`]) and keeps every download it can resume. [`Store::evict`] removes
-//! complete blobs by idle time, by age and by disk watermarks; never a blob that is pinned (an
-//! open [`BlobFile`], or any handle of a [`Download`]) and never a download in progress.
+//! [`Store::open`] removes anything it cannot vouch for (the rules are on [`RecoveryReport`],
+//! which says what it removed) and keeps every download it can resume. [`Store::evict`]
+//! removes complete blobs by idle time, by age and by disk watermarks; never a blob that is
+//! pinned (an open [`BlobFile`], or any handle of a [`Download`]) and never a download in
+//! progress.
 //!
 //! # Blocking calls
 //!

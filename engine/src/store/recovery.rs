@@ -1,19 +1,5 @@
-//! Start-up recovery: decide, for everything under the root, whether it can be trusted.
-//!
-//! Rules:
-//! - `blobs/<algorithm>/<xx>/`: a blob is kept only with its metainfo sidecar, whose digest
-//!   matches the name and whose `blob_len` is the file's size. A blob without a sidecar (its
-//!   size cannot be checked), a sidecar without a blob, a wrong size, a corrupt sidecar, a
-//!   temporary name or any other name is removed.
-//! - `downloads/<algorithm>-<hex>/`: kept (resumable) only if `metainfo` decodes and names
-//!   that digest, `data` is exactly `blob_len` bytes, and `pieces` is exactly the bitfield's
-//!   length with its spare bits zero. Other files inside are removed; a directory failing any
-//!   rule is removed whole, as is one whose blob is already complete, a temporary directory,
-//!   and any other name.
-//! - With [`StoreConfig::verify_on_start`], every piece a kept download marks stored is read
-//!   and hashed; the bits of those that fail are cleared on disk.
-//!
-//! Everything removed is listed, with why, in the [`RecoveryReport`].
+//! Start-up recovery: decide, for everything under the root, whether it can be trusted. The
+//! rules are on [`RecoveryReport`].
 
 use std::collections::HashMap;
 use std::fs;
@@ -36,7 +22,22 @@ use super::{BlobEntry, StoreConfig, StoreError, download, sys};
 /// littered with garbage must not make the report unbounded.
 pub const DISCARDED_LISTED_MAX: usize = 1024;
 
-/// What [`super::Store::open`] found.
+/// What [`super::Store::open`] found. Start-up recovery keeps only what it can vouch for:
+///
+/// - `blobs/<algorithm>/<xx>/`: a blob is kept only with its metainfo sidecar, whose digest
+///   matches the name and whose `blob_len` is the file's size. A blob without a sidecar (its
+///   size cannot be checked), a sidecar without a blob, a wrong size, a corrupt sidecar, a
+///   temporary name or any other name is removed.
+/// - `downloads/<algorithm>-<hex>/`: kept (resumable) only if `metainfo` decodes and names
+///   that digest, `data` is exactly `blob_len` bytes, and `pieces` is exactly the bitfield's
+///   length with its spare bits zero. Other files inside are removed; a directory failing any
+///   rule is removed whole, as is one whose blob is already complete, a temporary directory,
+///   and any other name.
+/// - With [`StoreConfig::verify_on_start`], every piece a kept download marks stored is read
+///   and hashed; the bits of those that fail are cleared on disk.
+///
+/// Everything removed is logged and counted, and the first [`DISCARDED_LISTED_MAX`] are
+/// listed with the reason.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// Complete blobs kept.
