@@ -41,12 +41,18 @@ struct Endpoint {
     up: Vec<(u32, u32)>,
     /// Flows this host is receiving: (slot, sending host).
     down: Vec<(u32, u32)>,
-    /// The earliest-completing flow this host sends (`NONE` if it sends none), and when.
-    earliest_flow: u32,
-    earliest_ns: u64,
+}
+
+/// Per host, kept in its own dense array (every re-rating that changes a rate reads it).
+#[derive(Debug, Clone, Copy)]
+struct Earliest {
+    /// When the earliest-completing flow this host sends completes (`u64::MAX`: none).
+    ns: u64,
+    /// That flow's slot (`NONE` if the host sends none).
+    flow: u32,
     /// On the dirty list of the current batch of re-ratings.
     dirty: bool,
-    /// `earliest_*` may be too early (the earliest flow was delayed or removed): rescan.
+    /// `ns`/`flow` may be too early (the earliest flow was delayed or removed): rescan.
     rescan: bool,
 }
 
@@ -181,6 +187,7 @@ pub struct FlowNet<T> {
     /// Per host: (upload capacity / flows sent, download capacity / flows received), kept
     /// apart from `hosts` so that re-rating reads one small, dense array.
     shares: Vec<(f64, f64)>,
+    earliest: Vec<Earliest>,
     flows: Vec<Flow>,
     /// Each slot's current rate, apart from `flows`: most re-ratings only compare the new rate
     /// with this and stop, without touching the flow's cache line.
@@ -205,6 +212,7 @@ impl<T: Copy> FlowNet<T> {
         FlowNet {
             hosts: Vec::new(),
             shares: Vec::new(),
+            earliest: Vec::new(),
             flows: Vec::new(),
             rates: Vec::new(),
             tags: Vec::new(),
@@ -226,8 +234,10 @@ impl<T: Copy> FlowNet<T> {
             down_bytes_per_s,
             up: Vec::new(),
             down: Vec::new(),
-            earliest_flow: NONE,
-            earliest_ns: u64::MAX,
+        });
+        self.earliest.push(Earliest {
+            ns: u64::MAX,
+            flow: NONE,
             dirty: false,
             rescan: false,
         });
@@ -330,7 +340,7 @@ impl<T: Copy> FlowNet<T> {
         if at_ns > now.as_nanos() {
             return None;
         }
-        let slot = self.hosts[host as usize].earliest_flow;
+        let slot = self.earliest[host as usize].flow;
         debug_assert_ne!(slot, NONE, "a host in the heap sends a flow");
         let flow = self.flows[slot as usize];
         self.remove(now, FlowId(slot));
@@ -362,7 +372,7 @@ impl<T: Copy> FlowNet<T> {
         self.free_slots.push(id.0);
         self.n_live -= 1;
         self.update_shares(src, dst);
-        if self.hosts[src as usize].earliest_flow == id.0 {
+        if self.earliest[src as usize].flow == id.0 {
             self.mark(src, true);
         }
         self.rerate_endpoints(now, src, dst);
@@ -389,22 +399,21 @@ impl<T: Copy> FlowNet<T> {
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &host in &dirty {
-            let endpoint = &mut self.hosts[host as usize];
-            endpoint.dirty = false;
-            if endpoint.rescan {
-                endpoint.rescan = false;
-                let (mut earliest_flow, mut earliest_ns) = (NONE, u64::MAX);
-                for &(slot, _) in &endpoint.up {
+            let earliest = &mut self.earliest[host as usize];
+            earliest.dirty = false;
+            if earliest.rescan {
+                earliest.rescan = false;
+                let (mut flow, mut ns) = (NONE, u64::MAX);
+                for &(slot, _) in &self.hosts[host as usize].up {
                     let finish_ns = self.flows[slot as usize].finish_ns;
-                    if finish_ns < earliest_ns {
-                        (earliest_flow, earliest_ns) = (slot, finish_ns);
+                    if finish_ns < ns {
+                        (flow, ns) = (slot, finish_ns);
                     }
                 }
-                endpoint.earliest_flow = earliest_flow;
-                endpoint.earliest_ns = earliest_ns;
+                (earliest.flow, earliest.ns) = (flow, ns);
             }
-            let earliest_ns = endpoint.earliest_ns;
-            self.by_earliest.set(host, earliest_ns);
+            let ns = earliest.ns;
+            self.by_earliest.set(host, ns);
         }
         dirty.clear();
         self.dirty = dirty;
@@ -418,10 +427,10 @@ impl<T: Copy> FlowNet<T> {
     }
 
     fn mark(&mut self, host: u32, rescan: bool) {
-        let endpoint = &mut self.hosts[host as usize];
-        endpoint.rescan |= rescan;
-        if !endpoint.dirty {
-            endpoint.dirty = true;
+        let earliest = &mut self.earliest[host as usize];
+        earliest.rescan |= rescan;
+        if !earliest.dirty {
+            earliest.dirty = true;
             self.dirty.push(host);
         }
     }
@@ -442,17 +451,16 @@ impl<T: Copy> FlowNet<T> {
         let delayed = finish_ns > flow.finish_ns;
         flow.finish_ns = finish_ns;
         let src = flow.src;
-        let endpoint = &mut self.hosts[src as usize];
-        if endpoint.earliest_flow == slot {
+        let earliest = &mut self.earliest[src as usize];
+        if earliest.flow == slot {
             if delayed {
                 self.mark(src, true);
             } else {
-                endpoint.earliest_ns = finish_ns;
+                earliest.ns = finish_ns;
                 self.mark(src, false);
             }
-        } else if finish_ns < endpoint.earliest_ns {
-            endpoint.earliest_flow = slot;
-            endpoint.earliest_ns = finish_ns;
+        } else if finish_ns < earliest.ns {
+            (earliest.flow, earliest.ns) = (slot, finish_ns);
             self.mark(src, false);
         }
     }
