@@ -37,16 +37,22 @@ const NONE: u32 = u32::MAX;
 struct Endpoint {
     up_bytes_per_s: f64,
     down_bytes_per_s: f64,
-    /// Flows this host is sending (slot indexes).
-    up: Vec<u32>,
-    /// Flows this host is receiving.
-    down: Vec<u32>,
-    /// The earliest-completing flow this host sends (`NONE` if it sends none), and when.
-    earliest_flow: u32,
-    earliest_ns: u64,
+    /// Flows this host is sending: (slot, receiving host).
+    up: Vec<(u32, u32)>,
+    /// Flows this host is receiving: (slot, sending host).
+    down: Vec<(u32, u32)>,
+}
+
+/// Per host, kept in its own dense array (every re-rating that changes a rate reads it).
+#[derive(Debug, Clone, Copy)]
+struct Earliest {
+    /// When the earliest-completing flow this host sends completes (`u64::MAX`: none).
+    ns: u64,
+    /// That flow's slot (`NONE` if the host sends none).
+    flow: u32,
     /// On the dirty list of the current batch of re-ratings.
     dirty: bool,
-    /// `earliest_*` may be too early (the earliest flow was delayed or removed): rescan.
+    /// `ns`/`flow` may be too early (the earliest flow was delayed or removed): rescan.
     rescan: bool,
 }
 
@@ -58,7 +64,6 @@ struct Flow {
     bytes: u64,
     /// Bytes still to send as of `updated_at_ns`.
     remaining_bytes: f64,
-    rate_bytes_per_s: f64,
     updated_at_ns: u64,
     finish_ns: u64,
     /// Positions in `hosts[src].up` and `hosts[dst].down` (for O(1) removal).
@@ -182,7 +187,11 @@ pub struct FlowNet<T> {
     /// Per host: (upload capacity / flows sent, download capacity / flows received), kept
     /// apart from `hosts` so that re-rating reads one small, dense array.
     shares: Vec<(f64, f64)>,
+    earliest: Vec<Earliest>,
     flows: Vec<Flow>,
+    /// Each slot's current rate, apart from `flows`: most re-ratings only compare the new rate
+    /// with this and stop, without touching the flow's cache line.
+    rates: Vec<f64>,
     /// The driver's note of each flow slot.
     tags: Vec<T>,
     free_slots: Vec<u32>,
@@ -203,7 +212,9 @@ impl<T: Copy> FlowNet<T> {
         FlowNet {
             hosts: Vec::new(),
             shares: Vec::new(),
+            earliest: Vec::new(),
             flows: Vec::new(),
+            rates: Vec::new(),
             tags: Vec::new(),
             free_slots: Vec::new(),
             by_earliest: HostHeap::default(),
@@ -223,8 +234,10 @@ impl<T: Copy> FlowNet<T> {
             down_bytes_per_s,
             up: Vec::new(),
             down: Vec::new(),
-            earliest_flow: NONE,
-            earliest_ns: u64::MAX,
+        });
+        self.earliest.push(Earliest {
+            ns: u64::MAX,
+            flow: NONE,
             dirty: false,
             rescan: false,
         });
@@ -242,7 +255,7 @@ impl<T: Copy> FlowNet<T> {
         self.hosts[host as usize]
             .up
             .iter()
-            .map(|&slot| (FlowId(slot), &self.tags[slot as usize]))
+            .map(|&(slot, _)| (FlowId(slot), &self.tags[slot as usize]))
     }
 
     /// Flows `host` is receiving.
@@ -250,14 +263,14 @@ impl<T: Copy> FlowNet<T> {
         self.hosts[host as usize]
             .down
             .iter()
-            .map(|&slot| (FlowId(slot), &self.tags[slot as usize]))
+            .map(|&(slot, _)| (FlowId(slot), &self.tags[slot as usize]))
     }
 
     /// Current rate of a live flow.
     pub fn rate_bytes_per_s(&self, id: FlowId) -> f64 {
         let flow = &self.flows[id.0 as usize];
         assert!(flow.live, "rate of a finished flow");
-        flow.rate_bytes_per_s
+        self.rates[id.0 as usize]
     }
 
     /// Starts sending `bytes` from `src` to `dst` at `now`.
@@ -268,7 +281,6 @@ impl<T: Copy> FlowNet<T> {
             dst,
             bytes,
             remaining_bytes: bytes as f64,
-            rate_bytes_per_s: 0.0,
             updated_at_ns: now.as_nanos(),
             finish_ns: u64::MAX,
             up_position: self.hosts[src as usize].up.len() as u32,
@@ -278,17 +290,19 @@ impl<T: Copy> FlowNet<T> {
         let slot = match self.free_slots.pop() {
             Some(slot) => {
                 self.flows[slot as usize] = flow;
+                self.rates[slot as usize] = 0.0;
                 self.tags[slot as usize] = tag;
                 slot
             }
             None => {
                 self.flows.push(flow);
+                self.rates.push(0.0);
                 self.tags.push(tag);
                 (self.flows.len() - 1) as u32
             }
         };
-        self.hosts[src as usize].up.push(slot);
-        self.hosts[dst as usize].down.push(slot);
+        self.hosts[src as usize].up.push((slot, dst));
+        self.hosts[dst as usize].down.push((slot, src));
         self.update_shares(src, dst);
         self.n_live += 1;
         self.rerate_endpoints(now, src, dst);
@@ -300,7 +314,8 @@ impl<T: Copy> FlowNet<T> {
         let flow = self.flows[id.0 as usize];
         assert!(flow.live, "cancel of a finished flow");
         let elapsed_s = now.as_nanos().saturating_sub(flow.updated_at_ns) as f64 * 1e-9;
-        let remaining = (flow.remaining_bytes - flow.rate_bytes_per_s * elapsed_s).max(0.0);
+        let rate = self.rates[id.0 as usize];
+        let remaining = (flow.remaining_bytes - rate * elapsed_s).max(0.0);
         let bytes_sent = flow.bytes - (remaining.ceil() as u64).min(flow.bytes);
         self.remove(now, id);
         FlowEnd {
@@ -325,7 +340,7 @@ impl<T: Copy> FlowNet<T> {
         if at_ns > now.as_nanos() {
             return None;
         }
-        let slot = self.hosts[host as usize].earliest_flow;
+        let slot = self.earliest[host as usize].flow;
         debug_assert_ne!(slot, NONE, "a host in the heap sends a flow");
         let flow = self.flows[slot as usize];
         self.remove(now, FlowId(slot));
@@ -346,18 +361,18 @@ impl<T: Copy> FlowNet<T> {
 
         let up = &mut self.hosts[src as usize].up;
         up.swap_remove(up_position as usize);
-        if let Some(&moved) = up.get(up_position as usize) {
+        if let Some(&(moved, _)) = up.get(up_position as usize) {
             self.flows[moved as usize].up_position = up_position;
         }
         let down = &mut self.hosts[dst as usize].down;
         down.swap_remove(down_position as usize);
-        if let Some(&moved) = down.get(down_position as usize) {
+        if let Some(&(moved, _)) = down.get(down_position as usize) {
             self.flows[moved as usize].down_position = down_position;
         }
         self.free_slots.push(id.0);
         self.n_live -= 1;
         self.update_shares(src, dst);
-        if self.hosts[src as usize].earliest_flow == id.0 {
+        if self.earliest[src as usize].flow == id.0 {
             self.mark(src, true);
         }
         self.rerate_endpoints(now, src, dst);
@@ -366,32 +381,39 @@ impl<T: Copy> FlowNet<T> {
     /// Re-rates every flow on `src`'s uplink and `dst`'s downlink, then brings the
     /// earliest-completion index up to date for every uploader touched.
     fn rerate_endpoints(&mut self, now: Instant, src: u32, dst: u32) {
+        let up_share = self.shares[src as usize].0;
         for index in 0..self.hosts[src as usize].up.len() {
-            let slot = self.hosts[src as usize].up[index];
-            self.rerate(now, slot);
+            let (slot, receiver) = self.hosts[src as usize].up[index];
+            let rate = up_share.min(self.shares[receiver as usize].1);
+            if rate != self.rates[slot as usize] {
+                self.set_rate(now, slot, rate);
+            }
         }
+        let down_share = self.shares[dst as usize].1;
         for index in 0..self.hosts[dst as usize].down.len() {
-            let slot = self.hosts[dst as usize].down[index];
-            self.rerate(now, slot);
+            let (slot, sender) = self.hosts[dst as usize].down[index];
+            let rate = self.shares[sender as usize].0.min(down_share);
+            if rate != self.rates[slot as usize] {
+                self.set_rate(now, slot, rate);
+            }
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &host in &dirty {
-            let endpoint = &mut self.hosts[host as usize];
-            endpoint.dirty = false;
-            if endpoint.rescan {
-                endpoint.rescan = false;
-                let (mut earliest_flow, mut earliest_ns) = (NONE, u64::MAX);
-                for &slot in &endpoint.up {
+            let earliest = &mut self.earliest[host as usize];
+            earliest.dirty = false;
+            if earliest.rescan {
+                earliest.rescan = false;
+                let (mut flow, mut ns) = (NONE, u64::MAX);
+                for &(slot, _) in &self.hosts[host as usize].up {
                     let finish_ns = self.flows[slot as usize].finish_ns;
-                    if finish_ns < earliest_ns {
-                        (earliest_flow, earliest_ns) = (slot, finish_ns);
+                    if finish_ns < ns {
+                        (flow, ns) = (slot, finish_ns);
                     }
                 }
-                endpoint.earliest_flow = earliest_flow;
-                endpoint.earliest_ns = earliest_ns;
+                (earliest.flow, earliest.ns) = (flow, ns);
             }
-            let earliest_ns = endpoint.earliest_ns;
-            self.by_earliest.set(host, earliest_ns);
+            let ns = earliest.ns;
+            self.by_earliest.set(host, ns);
         }
         dirty.clear();
         self.dirty = dirty;
@@ -405,27 +427,21 @@ impl<T: Copy> FlowNet<T> {
     }
 
     fn mark(&mut self, host: u32, rescan: bool) {
-        let endpoint = &mut self.hosts[host as usize];
-        endpoint.rescan |= rescan;
-        if !endpoint.dirty {
-            endpoint.dirty = true;
+        let earliest = &mut self.earliest[host as usize];
+        earliest.rescan |= rescan;
+        if !earliest.dirty {
+            earliest.dirty = true;
             self.dirty.push(host);
         }
     }
 
-    fn rerate(&mut self, now: Instant, slot: u32) {
-        let flow = &self.flows[slot as usize];
-        let rate = self.shares[flow.src as usize]
-            .0
-            .min(self.shares[flow.dst as usize].1);
-        if rate == flow.rate_bytes_per_s {
-            return;
-        }
+    /// Settles the bytes sent at the old rate, then schedules completion at the new one.
+    fn set_rate(&mut self, now: Instant, slot: u32, rate: f64) {
+        let old_rate = std::mem::replace(&mut self.rates[slot as usize], rate);
         let now_ns = now.as_nanos();
         let flow = &mut self.flows[slot as usize];
         let elapsed_s = now_ns.saturating_sub(flow.updated_at_ns) as f64 * 1e-9;
-        flow.remaining_bytes = (flow.remaining_bytes - flow.rate_bytes_per_s * elapsed_s).max(0.0);
-        flow.rate_bytes_per_s = rate;
+        flow.remaining_bytes = (flow.remaining_bytes - old_rate * elapsed_s).max(0.0);
         flow.updated_at_ns = now_ns;
         // Rounded up (without libm's `ceil`): a flow never completes before its last byte.
         let duration_ns = flow.remaining_bytes / rate * 1e9;
@@ -435,17 +451,16 @@ impl<T: Copy> FlowNet<T> {
         let delayed = finish_ns > flow.finish_ns;
         flow.finish_ns = finish_ns;
         let src = flow.src;
-        let endpoint = &mut self.hosts[src as usize];
-        if endpoint.earliest_flow == slot {
+        let earliest = &mut self.earliest[src as usize];
+        if earliest.flow == slot {
             if delayed {
                 self.mark(src, true);
             } else {
-                endpoint.earliest_ns = finish_ns;
+                earliest.ns = finish_ns;
                 self.mark(src, false);
             }
-        } else if finish_ns < endpoint.earliest_ns {
-            endpoint.earliest_flow = slot;
-            endpoint.earliest_ns = finish_ns;
+        } else if finish_ns < earliest.ns {
+            (earliest.flow, earliest.ns) = (slot, finish_ns);
             self.mark(src, false);
         }
     }

@@ -9,8 +9,9 @@
 //! binary heap it replaced was a visible cost at 15,000 hosts. Keys are `(time_ns << 64) |
 //! sequence`, which makes every key distinct and gives the FIFO tie-break.
 //!
-//! Events live in a slab that reuses its slots; the buckets hold `(key, slot)` pairs, so
-//! scheduling allocates nothing once the slab and buckets have grown to their working size.
+//! Events are stored in the buckets themselves (no side slab): an event is read back right
+//! after the redistribution that moved it to bucket 0, while its cache line is still warm,
+//! and scheduling allocates nothing once the buckets have grown to their working size.
 
 use shoal_proto::Instant;
 
@@ -20,15 +21,13 @@ const N_BUCKETS: usize = 129;
 pub struct EventQueue<E> {
     /// Bucket 0 holds keys equal to `last`; bucket `b` keys whose highest bit differing from
     /// `last` is bit `b - 1`.
-    buckets: Vec<Vec<(u128, u32)>>,
+    buckets: Vec<Vec<(u128, E)>>,
     /// The last key popped. Only `pop` advances it: a peek must not, because the driver may
     /// still schedule events between now and the next queued one.
     last: u128,
     /// The smallest queued key, if known (a peek computes it; a pop forgets it).
     smallest: Option<u128>,
     len: usize,
-    slab: Vec<Option<E>>,
-    free_slots: Vec<u32>,
     next_sequence: u64,
 }
 
@@ -49,8 +48,6 @@ impl<E> EventQueue<E> {
             last: 0,
             smallest: None,
             len: 0,
-            slab: Vec::new(),
-            free_slots: Vec::new(),
             next_sequence: 0,
         }
     }
@@ -68,17 +65,7 @@ impl<E> EventQueue<E> {
         let key = (u128::from(at.as_nanos()) << 64) | u128::from(self.next_sequence);
         assert!(key >= self.last, "event scheduled in the past");
         self.next_sequence += 1;
-        let slot = match self.free_slots.pop() {
-            Some(slot) => {
-                self.slab[slot as usize] = Some(event);
-                slot
-            }
-            None => {
-                self.slab.push(Some(event));
-                (self.slab.len() - 1) as u32
-            }
-        };
-        self.buckets[bucket_of(key, self.last)].push((key, slot));
+        self.buckets[bucket_of(key, self.last)].push((key, event));
         self.len += 1;
         if let Some(smallest) = self.smallest {
             self.smallest = Some(smallest.min(key));
@@ -99,12 +86,11 @@ impl<E> EventQueue<E> {
             .map(|&(key, _)| key)
             .min()
             .expect("the bucket is not empty");
-        for &(key, slot) in &bucket {
+        for (key, event) in bucket.drain(..) {
             let target = bucket_of(key, self.last);
             debug_assert!(target < index);
-            self.buckets[target].push((key, slot));
+            self.buckets[target].push((key, event));
         }
-        bucket.clear();
         self.buckets[index] = bucket; // keep its capacity
     }
 
@@ -123,13 +109,9 @@ impl<E> EventQueue<E> {
     /// Removes the earliest event.
     pub fn pop(&mut self) -> Option<(Instant, E)> {
         self.settle();
-        let (key, slot) = self.buckets[0].pop()?;
+        let (key, event) = self.buckets[0].pop()?;
         self.len -= 1;
         self.smallest = None;
-        let event = self.slab[slot as usize]
-            .take()
-            .expect("every queued key names a filled slot");
-        self.free_slots.push(slot);
         Some((Instant::from_nanos((key >> 64) as u64), event))
     }
 }

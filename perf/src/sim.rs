@@ -236,7 +236,7 @@ enum Ev {
 }
 
 /// Counters gathered during a run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Inputs handed to swarms or the flow model (stale wake-ups not counted).
     pub events: u64,
