@@ -413,6 +413,14 @@ pub struct Swarm {
 
     candidates: Vec<CandidateEntry>,
     dials_in_flight: usize,
+    /// Candidates being dialed, by kind (kept so that `dial` needs no scan).
+    n_dialing_agents: usize,
+    n_dialing_origins: usize,
+    /// Requests in flight over all connections (≤ `requests_in_flight_max`).
+    n_requests_in_flight: usize,
+    /// No connection deadline falls before this (it may be early, never late): keeps
+    /// `poll_timeout` O(1); `handle_timeout` recomputes it exactly.
+    timer_lower_bound: Instant,
     /// When a candidate in back-off becomes dialable while we still want connections.
     dial_wakeup: Option<Instant>,
     blacklist: VecDeque<PeerId>,
@@ -465,6 +473,10 @@ impl Swarm {
             n_origin_conns: 0,
             candidates: Vec::new(),
             dials_in_flight: 0,
+            n_dialing_agents: 0,
+            n_dialing_origins: 0,
+            n_requests_in_flight: 0,
+            timer_lower_bound: Instant::NEVER,
             dial_wakeup: None,
             blacklist: VecDeque::new(),
             uploads: VecDeque::new(),
@@ -538,7 +550,9 @@ impl Swarm {
                 .iter_mut()
                 .find(|c| c.peer == candidate.peer)
             {
-                entry.is_origin = candidate.is_origin;
+                if !entry.dialing {
+                    entry.is_origin = candidate.is_origin;
+                }
                 continue;
             }
             let entry = CandidateEntry {
@@ -652,7 +666,15 @@ impl Swarm {
             (ConnState::Established, Message::Handshake(_)) => {
                 self.close(conn, CloseReason::ProtocolViolation("second handshake"));
             }
-            (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
+            (ConnState::Established, Message::Have(piece)) => {
+                // Only this connection can have gained a piece worth requesting: no full
+                // maintenance (Have is the most frequent message by far).
+                self.on_have(now, conn, piece);
+                if !self.is_complete() {
+                    self.fill_connection(now, conn);
+                }
+                return;
+            }
             (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
             (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(now, conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
@@ -731,6 +753,7 @@ impl Swarm {
         c.requests.remove(position);
         c.last_useful = now;
         c.request_timeouts = 0;
+        self.n_requests_in_flight -= 1;
         self.request_finished(local);
         match verdict {
             PieceVerdict::Valid => self.on_piece_stored(now, local),
@@ -799,6 +822,7 @@ impl Swarm {
                 self.send(now, handle, Message::Keepalive);
             }
         }
+        self.timer_lower_bound = self.next_deadline_exact();
         self.maintain(now);
     }
 
@@ -814,8 +838,18 @@ impl Swarm {
         self.events.pop_front()
     }
 
-    /// The next instant at which [`Swarm::handle_timeout`] has work, if any.
+    /// The next instant at which [`Swarm::handle_timeout`] has work, if any. O(1): it may
+    /// be early (then `handle_timeout` finds nothing due and moves it on), never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.timer_lower_bound;
+        if let Some(when) = self.dial_wakeup {
+            next = next.min(when);
+        }
+        (next != Instant::NEVER).then_some(next)
+    }
+
+    /// The earliest connection deadline, computed from scratch.
+    fn next_deadline_exact(&self) -> Instant {
         let mut next = Instant::NEVER;
         for c in self.conns.iter().flatten() {
             if !c.is_established() {
@@ -828,10 +862,11 @@ impl Swarm {
                 next = next.min(first);
             }
         }
-        if let Some(when) = self.dial_wakeup {
-            next = next.min(when);
-        }
-        (next != Instant::NEVER).then_some(next)
+        next
+    }
+
+    fn note_deadline(&mut self, at: Instant) {
+        self.timer_lower_bound = self.timer_lower_bound.min(at);
     }
 
     // ----------------------------------------------------------------------------------
@@ -901,6 +936,8 @@ impl Swarm {
             self.n_origin_conns -= 1;
         }
         let we_are_complete = self.is_complete();
+        let first_deadline = now + self.config.idle_timeout.min(self.config.keepalive_interval);
+        self.note_deadline(first_deadline);
         let Some(c) = self.conn_mut(conn) else { return };
         c.state = ConnState::Established;
         c.peer = Some(peer);
@@ -1021,6 +1058,7 @@ impl Swarm {
         if let Some(position) = c.requests.iter().position(|r| r.local == local) {
             c.requests.remove(position);
             c.backoff_until = now + backoff;
+            self.n_requests_in_flight -= 1;
             self.request_finished(local);
         } else if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
             c.cancelled.swap_remove(position);
@@ -1035,15 +1073,18 @@ impl Swarm {
         c.request_timeouts += expired.len() as u32;
         c.backoff_until = now + backoff;
         let too_slow = c.request_timeouts >= timeouts_max;
+        let mut n_removed = 0;
         for &local in expired {
             if let Some(position) = c.requests.iter().position(|r| r.local == local) {
                 c.requests.remove(position);
+                n_removed += 1;
                 // The payload may still come; take it then if we still lack it.
                 if c.cancelled.len() < cancelled_max {
                     c.cancelled.push(local);
                 }
             }
         }
+        self.n_requests_in_flight -= n_removed;
         for &local in expired {
             self.request_finished(local);
             self.send(now, conn, Message::Cancel(self.geometry.global(local)));
@@ -1077,6 +1118,7 @@ impl Swarm {
             };
             if let Some(position) = c.requests.iter().position(|r| r.local == local) {
                 c.requests.remove(position);
+                self.n_requests_in_flight -= 1;
                 if c.cancelled.len() < self.config.requests_per_connection_max {
                     c.cancelled.push(local);
                 }
@@ -1164,7 +1206,11 @@ impl Swarm {
         if n_slots == 0 {
             return;
         }
-        let mut in_flight: usize = self.conns.iter().flatten().map(|c| c.requests.len()).sum();
+        debug_assert_eq!(
+            self.n_requests_in_flight,
+            self.conns.iter().flatten().map(|c| c.requests.len()).sum::<usize>()
+        );
+        let mut in_flight = self.n_requests_in_flight;
         let start = self.rng.index(n_slots);
         // Each pass issues at least one request or stops, and in_flight is bounded: at most
         // requests_in_flight_max + 1 passes.
@@ -1184,6 +1230,18 @@ impl Swarm {
                 return;
             }
         }
+    }
+
+    /// Issues requests on one connection until it, or the swarm, is at its limit.
+    fn fill_connection(&mut self, now: Instant, conn: ConnHandle) {
+        if self.conn(conn).is_none() {
+            return;
+        }
+        let index = conn.index as usize;
+        // Bounded by requests_per_connection_max: request_one fails once the pipeline is full.
+        while self.n_requests_in_flight < self.config.requests_in_flight_max
+            && self.request_one(now, index)
+        {}
     }
 
     /// Issues one request on connection `index` if it can take one and has a piece we want.
@@ -1212,6 +1270,8 @@ impl Swarm {
         };
         c.requests.push(InFlight { local, deadline });
         c.last_useful = now;
+        self.n_requests_in_flight += 1;
+        self.note_deadline(deadline);
         if self.requested[local] == 0 {
             self.n_requested_missing += 1;
         }
@@ -1283,16 +1343,11 @@ impl Swarm {
         let agents_wanted = self.config.dial_target;
         let mut n_agent_conns = self.n_conns - self.n_origin_conns;
         let mut n_origin_conns = self.n_origin_conns;
-        let dialing_agents = self
-            .candidates
-            .iter()
-            .filter(|c| c.dialing && !c.is_origin)
-            .count();
-        let dialing_origins = self
-            .candidates
-            .iter()
-            .filter(|c| c.dialing && c.is_origin)
-            .count();
+        let (dialing_agents, dialing_origins) = (self.n_dialing_agents, self.n_dialing_origins);
+        debug_assert_eq!(
+            dialing_agents + dialing_origins,
+            self.candidates.iter().filter(|c| c.dialing).count()
+        );
         n_agent_conns += dialing_agents;
         n_origin_conns += dialing_origins;
         let mut budget_total = self
@@ -1323,8 +1378,10 @@ impl Swarm {
             entry.dialing = true;
             if entry.is_origin {
                 n_origin_conns += 1;
+                self.n_dialing_origins += 1;
             } else {
                 n_agent_conns += 1;
+                self.n_dialing_agents += 1;
             }
             self.dials_in_flight += 1;
             budget_total -= 1;
@@ -1369,6 +1426,11 @@ impl Swarm {
             return;
         };
         entry.dialing = false;
+        if entry.is_origin {
+            self.n_dialing_origins -= 1;
+        } else {
+            self.n_dialing_agents -= 1;
+        }
         self.dials_in_flight -= 1;
         if connected {
             entry.failures = 0;
@@ -1469,6 +1531,7 @@ impl Swarm {
                 self.availability[local] = self.availability[local].saturating_sub(1);
             }
         }
+        self.n_requests_in_flight -= c.requests.len();
         for r in &c.requests {
             if self.requested[r.local] > 0 {
                 self.requested[r.local] -= 1;
@@ -1488,6 +1551,7 @@ impl Swarm {
     }
 
     fn insert_conn(&mut self, mut conn: Conn) -> ConnHandle {
+        self.note_deadline(conn.opened_at + self.config.handshake_timeout);
         self.next_generation = self.next_generation.wrapping_add(1);
         conn.generation = self.next_generation;
         self.n_conns += 1;
