@@ -162,7 +162,10 @@ impl SwarmOverrides {
             &mut base.requests_per_connection_max,
             self.requests_per_connection_max,
         );
-        set(&mut base.requests_in_flight_max, self.requests_in_flight_max);
+        set(
+            &mut base.requests_in_flight_max,
+            self.requests_in_flight_max,
+        );
         set(
             &mut base.upload_queue_per_connection_max,
             self.upload_queue_per_connection_max,

@@ -1208,7 +1208,11 @@ impl Swarm {
         }
         debug_assert_eq!(
             self.n_requests_in_flight,
-            self.conns.iter().flatten().map(|c| c.requests.len()).sum::<usize>()
+            self.conns
+                .iter()
+                .flatten()
+                .map(|c| c.requests.len())
+                .sum::<usize>()
         );
         let mut in_flight = self.n_requests_in_flight;
         let start = self.rng.index(n_slots);
