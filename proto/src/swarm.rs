@@ -100,12 +100,12 @@ impl Default for SwarmConfig {
     fn default() -> SwarmConfig {
         SwarmConfig {
             is_origin: false,
-            dial_target: 5,
-            connections_max: 10,
+            dial_target: 8,
+            connections_max: 16,
             origin_connections_max: 1,
             dials_in_flight_max: 8,
-            requests_per_connection_max: 2,
-            requests_in_flight_max: 4,
+            requests_per_connection_max: 1,
+            requests_in_flight_max: 8,
             upload_queue_per_connection_max: 4,
             uploads_active_max: 4,
             request_timeout: Duration::from_secs(20),
@@ -132,7 +132,9 @@ impl SwarmConfig {
             dial_target: 0,
             connections_max: 256,
             origin_connections_max: 0,
-            uploads_active_max: 8,
+            // Few uploads at once: each piece leaves the origin fast, so that peers can pass
+            // it on early (measured with shoal-sim, see perf/RESULTS.md).
+            uploads_active_max: 2,
             idle_timeout: Duration::from_secs(10),
             ..SwarmConfig::default()
         }
