@@ -103,7 +103,7 @@ impl Default for SwarmConfig {
             dial_target: 8,
             connections_max: 16,
             origin_connections_max: 1,
-            dials_in_flight_max: 8,
+            dials_in_flight_max: 12,
             requests_per_connection_max: 1,
             requests_in_flight_max: 8,
             upload_queue_per_connection_max: 4,
@@ -163,6 +163,9 @@ impl SwarmConfig {
         }
         if self.request_timeout.is_zero() || self.idle_timeout.is_zero() {
             return fail("request_timeout and idle_timeout must be non-zero");
+        }
+        if self.keepalive_interval.is_zero() || self.handshake_timeout.is_zero() {
+            return fail("keepalive_interval and handshake_timeout must be non-zero");
         }
         if self.dial_backoff > self.dial_backoff_max {
             return fail("dial_backoff must not exceed dial_backoff_max");
@@ -340,6 +343,9 @@ enum ConnState {
 struct InFlight {
     local: usize,
     deadline: Instant,
+    /// Its payload header was accepted: the remote answered, the bytes are on their way, and
+    /// only `handle_piece` ends it (no timeout, no Cancel, no Reject).
+    receiving: bool,
 }
 
 #[derive(Debug)]
@@ -358,8 +364,9 @@ struct Conn {
     cancelled: Vec<usize>,
     /// Requests the remote made that wait in our upload FIFO or are being sent.
     uploads_queued: usize,
-    /// No new request to this connection before this time.
-    backoff_until: Instant,
+    /// No new request to this connection before this time; cleared by the first
+    /// `handle_timeout` at or after it, and a wake-up until then.
+    backoff_until: Option<Instant>,
     request_timeouts: u32,
     opened_at: Instant,
     last_sent: Instant,
@@ -598,6 +605,14 @@ impl Swarm {
                     return Err(ConnectError::NotDialed);
                 };
                 is_origin = entry.is_origin;
+                if self.is_blacklisted(&peer) {
+                    self.dial_finished(now, peer, false);
+                    return Err(ConnectError::Blacklisted);
+                }
+                if self.n_conns >= self.config.connections_max {
+                    self.dial_finished(now, peer, false);
+                    return Err(ConnectError::AtCapacity);
+                }
                 self.dial_finished(now, peer, true);
             }
             (Direction::Outbound, None) => return Err(ConnectError::NotDialed),
@@ -620,7 +635,7 @@ impl Swarm {
             requests: Vec::with_capacity(self.config.requests_per_connection_max),
             cancelled: Vec::new(),
             uploads_queued: 0,
-            backoff_until: now,
+            backoff_until: None,
             request_timeouts: 0,
             opened_at: now,
             last_sent: now,
@@ -716,7 +731,15 @@ impl Swarm {
             self.close(conn, CloseReason::ProtocolViolation("piece length differs"));
             return PieceDisposition::Closed;
         }
-        if c.requests.iter().any(|r| r.local == local) {
+        if let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && !r.receiving)
+        {
+            if let Some(c) = self.conn_mut(conn) {
+                c.requests[position].receiving = true;
+                c.last_useful = now;
+            }
             return PieceDisposition::Accept;
         }
         if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
@@ -749,7 +772,11 @@ impl Swarm {
             }
             return;
         };
-        let Some(position) = c.requests.iter().position(|r| r.local == local) else {
+        let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && r.receiving)
+        else {
             return; // not outstanding here (the driver reported it twice): ignore
         };
         c.requests.remove(position);
@@ -806,10 +833,16 @@ impl Swarm {
                 self.close(handle, CloseReason::Idle);
                 continue;
             }
+            if c.backoff_until.is_some_and(|until| until <= now)
+                && let Some(c) = self.conn_mut(handle)
+            {
+                c.backoff_until = None;
+            }
+            let Some(c) = self.conn(handle) else { continue };
             let expired: Vec<usize> = c
                 .requests
                 .iter()
-                .filter(|r| r.deadline <= now)
+                .filter(|r| r.deadline <= now && !r.receiving)
                 .map(|r| r.local)
                 .collect();
             if !expired.is_empty() {
@@ -860,8 +893,17 @@ impl Swarm {
             }
             next = next.min(c.last_useful + self.config.idle_timeout);
             next = next.min(c.last_sent + self.config.keepalive_interval);
-            if let Some(first) = c.requests.iter().map(|r| r.deadline).min() {
+            if let Some(first) = c
+                .requests
+                .iter()
+                .filter(|r| !r.receiving)
+                .map(|r| r.deadline)
+                .min()
+            {
                 next = next.min(first);
+            }
+            if let Some(until) = c.backoff_until {
+                next = next.min(until);
             }
         }
         next
@@ -956,6 +998,8 @@ impl Swarm {
         if we_are_complete && remote_complete {
             self.close(conn, CloseReason::BothComplete);
         }
+        // The handshake deadline is gone: make the timer exact again (handshakes are rare).
+        self.timer_lower_bound = self.next_deadline_exact();
     }
 
     fn on_have(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
@@ -1057,9 +1101,14 @@ impl Swarm {
         };
         let backoff = self.config.reject_backoff;
         let Some(c) = self.conn_mut(conn) else { return };
-        if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+        if let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && !r.receiving)
+        {
             c.requests.remove(position);
-            c.backoff_until = now + backoff;
+            c.backoff_until = Some(now + backoff);
+            self.timer_lower_bound = self.timer_lower_bound.min(now + backoff);
             self.n_requests_in_flight -= 1;
             self.request_finished(local);
         } else if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
@@ -1073,11 +1122,15 @@ impl Swarm {
         let cancelled_max = self.config.requests_per_connection_max;
         let Some(c) = self.conn_mut(conn) else { return };
         c.request_timeouts += expired.len() as u32;
-        c.backoff_until = now + backoff;
+        c.backoff_until = Some(now + backoff);
         let too_slow = c.request_timeouts >= timeouts_max;
         let mut n_removed = 0;
         for &local in expired {
-            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+            if let Some(position) = c
+                .requests
+                .iter()
+                .position(|r| r.local == local && !r.receiving)
+            {
                 c.requests.remove(position);
                 n_removed += 1;
                 // The payload may still come; take it then if we still lack it.
@@ -1091,6 +1144,7 @@ impl Swarm {
             self.request_finished(local);
             self.send(now, conn, Message::Cancel(self.geometry.global(local)));
         }
+        self.note_deadline(now + backoff);
         if too_slow {
             self.close(conn, CloseReason::TooSlow);
         }
@@ -1118,7 +1172,12 @@ impl Swarm {
                 index: index as u32,
                 generation: c.generation,
             };
-            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+            // A copy already arriving is not cancelled: the remote would not stop it anyway.
+            if let Some(position) = c
+                .requests
+                .iter()
+                .position(|r| r.local == local && !r.receiving)
+            {
                 c.requests.remove(position);
                 self.n_requests_in_flight -= 1;
                 if c.cancelled.len() < self.config.requests_per_connection_max {
@@ -1126,7 +1185,9 @@ impl Swarm {
                 }
                 cancels.push(handle);
             }
-            if !c.remote_has.get(local) {
+            // On completion, tell every remote not known to be complete, not only those that
+            // lack this piece: one that has it would otherwise never learn we are complete.
+            if !c.remote_has.get(local) || (complete && !c.remote_has.is_full()) {
                 haves.push(handle);
             }
         }
@@ -1259,7 +1320,7 @@ impl Swarm {
         // the payload or a Reject), which also bounds `cancelled`.
         if !c.is_established()
             || c.requests.len() + c.cancelled.len() >= self.config.requests_per_connection_max
-            || now < c.backoff_until
+            || c.backoff_until.is_some_and(|until| now < until)
         {
             return false;
         }
@@ -1274,7 +1335,11 @@ impl Swarm {
         let Some(c) = self.conns[index].as_mut() else {
             return false;
         };
-        c.requests.push(InFlight { local, deadline });
+        c.requests.push(InFlight {
+            local,
+            deadline,
+            receiving: false,
+        });
         c.last_useful = now;
         self.n_requests_in_flight += 1;
         self.note_deadline(deadline);
@@ -1450,6 +1515,10 @@ impl Swarm {
             entry.failures += 1;
             entry.not_before = now + wait;
         }
+        // Blacklisted while the dial was in flight: forget it now.
+        if self.blacklist.contains(&peer) {
+            self.candidates.retain(|c| c.peer != peer);
+        }
     }
 
     /// When the stripe completes: close connections to complete remotes and origins (they
@@ -1510,15 +1579,35 @@ impl Swarm {
     fn close(&mut self, conn: ConnHandle, reason: CloseReason) {
         let Some(c) = self.conn(conn) else { return };
         let peer = c.peer;
-        if matches!(
+        let blamed = matches!(
             reason,
             CloseReason::ProtocolViolation(_) | CloseReason::BadPiece(_)
-        ) && let Some(peer) = peer
-        {
+        )
+        .then_some(peer)
+        .flatten();
+        if let Some(peer) = blamed {
             self.add_to_blacklist(peer);
         }
         self.remove_conn(conn);
         self.events.push_back(Event::Close { conn, peer, reason });
+        if let Some(peer) = blamed {
+            // Any other connection to the same peer goes too (a simultaneous open).
+            let others: Vec<ConnHandle> = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(index, slot)| {
+                    let c = slot.as_ref()?;
+                    (c.peer == Some(peer)).then_some(ConnHandle {
+                        index: index as u32,
+                        generation: c.generation,
+                    })
+                })
+                .collect();
+            for other in others {
+                self.close(other, CloseReason::Blacklisted);
+            }
+        }
     }
 
     fn remove_conn(&mut self, handle: ConnHandle) {
@@ -1554,6 +1643,8 @@ impl Swarm {
         self.uploads_active -= started;
         self.uploads.retain(|job| job.conn != handle);
         self.transmits.retain(|t| t.conn != handle);
+        // Its deadlines are gone (closes are rare enough for an exact recompute).
+        self.timer_lower_bound = self.next_deadline_exact();
     }
 
     fn insert_conn(&mut self, mut conn: Conn) -> ConnHandle {

@@ -2928,24 +2928,9 @@ fn fuzz_config() -> ProptestConfig {
     fuzz
 }
 
-proptest! {
-    #![proptest_config(fuzz_config())]
-
-    #[test]
-    fn arbitrary_inputs_keep_the_invariants(
-        setup in setup_strategy(),
-        ops in prop::collection::vec(op_strategy(), 1..160),
-    ) {
-        run_arbitrary(setup, ops, false);
-    }
-}
-
 // ==========================================================================================
-// Known bugs in swarm.rs
+// Regression tests for bugs this suite found in swarm.rs (all fixed)
 // ==========================================================================================
-//
-// Each test below fails today; they are compiled out with `#[cfg(any())]` so that the branch
-// stays green. Bugs, in order:
 //
 // - "reject back-off has no wake-up"
 // - "blacklisted peer re-dialed"
@@ -2955,12 +2940,10 @@ proptest! {
 // - "zero keepalive interval spins" (minor)
 // - "completion not announced" (minor)
 //
-// The arbitrary-input test above steers around the ones it can reach (`strict: false`, and
-// `Rig::allow_blacklisted_dials`); its strict twin at the end of this module does not. When all
-// are fixed, delete the `cfg` line, the steering and the non-strict test.
+// The arbitrary-input test at the end of this module runs strict (`strict: true`): it no
+// longer steers around any of them.
 
-#[cfg(any())]
-mod known_bugs {
+mod fixed_bugs {
     use super::*;
 
     // --------------------------------------------------------------------------------------
