@@ -58,24 +58,33 @@ async fn raw_pair() -> (TcpStream, PeerConn) {
     (raw, PeerConn::new(b, UploadPath::Copy).unwrap())
 }
 
-/// A file under /tmp, removed on drop.
-struct TempFile(PathBuf);
+/// A file or directory under /tmp, removed on drop.
+struct TempPath(PathBuf);
 
-impl TempFile {
-    fn with_contents(name: &str, contents: &[u8]) -> TempFile {
+impl TempPath {
+    /// A fresh path; nothing is created.
+    fn new(name: &str) -> TempPath {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join("shoal-transport-tests");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}-{}-{n}", std::process::id()));
-        std::fs::write(&path, contents).unwrap();
-        TempFile(path)
+        TempPath(dir.join(format!("{name}-{}-{n}", std::process::id())))
+    }
+
+    fn with_contents(name: &str, contents: &[u8]) -> TempPath {
+        let path = TempPath::new(name);
+        std::fs::write(&path.0, contents).unwrap();
+        path
     }
 }
 
-impl Drop for TempFile {
+impl Drop for TempPath {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
@@ -174,7 +183,7 @@ fn every_message_kind_round_trips_both_ways() {
         runtime(driver).block_on(async {
             let blob = blob_of_len(3 * limits::PIECE_LEN_MIN as usize + 100, 1);
             let metainfo = metainfo_of(&blob, limits::PIECE_LEN_MIN);
-            let file = TempFile::with_contents("round-trip", &blob);
+            let file = TempPath::with_contents("round-trip", &blob);
             let file = compio::fs::File::open(&file.0).await.unwrap();
             let (mut a, mut b) = conn_pair(UploadPath::Splice).await;
             round_trip(&mut a, &mut b, &blob, &metainfo, &file).await;
@@ -492,7 +501,7 @@ async fn upload_blob(upload_path: UploadPath) -> UploadPath {
     let piece_len = 4 * 1024 * 1024;
     let blob = blob_of_len(3 * piece_len as usize + 12345, 6);
     let metainfo = metainfo_of(&blob, piece_len);
-    let temp = TempFile::with_contents("upload", &blob);
+    let temp = TempPath::with_contents("upload", &blob);
     let (sender, mut receiver) = conn_pair(upload_path).await;
     let in_effect = sender.upload_path();
     let n_pieces = metainfo.n_pieces();
@@ -559,7 +568,7 @@ fn polling_driver_uploads_by_copy() {
 fn upload_past_the_end_of_the_file_fails_and_poisons_the_writer() {
     for upload_path in [UploadPath::Splice, UploadPath::Copy] {
         run(async move {
-            let temp = TempFile::with_contents("short", &[1; 1000]);
+            let temp = TempPath::with_contents("short", &[1; 1000]);
             let file = compio::fs::File::open(&temp.0).await.unwrap();
             let (mut a, _b) = conn_pair(upload_path).await;
             let header = PieceHeader {
@@ -573,6 +582,72 @@ fn upload_past_the_end_of_the_file_fails_and_poisons_the_writer() {
             );
             let again = a.send_message(&Message::Keepalive).await.unwrap_err();
             assert!(matches!(again, TransportError::Poisoned), "{again}");
+        });
+    }
+}
+
+// ---- with the store -----------------------------------------------------------------------
+
+/// The path a piece takes through a relaying host: received from one peer and verified,
+/// written to a download, then uploaded to another peer from the download's file (refused
+/// before it is stored).
+#[test]
+fn a_relayed_piece_is_served_from_the_download_only_once_stored() {
+    for upload_path in [UploadPath::Splice, UploadPath::Copy] {
+        run(async move {
+            let piece_len = 2 * 1024 * 1024;
+            let blob = blob_of_len(2 * piece_len as usize + 999, 8);
+            let metainfo = metainfo_of(&blob, piece_len);
+            let source = TempPath::with_contents("relay-source", &blob);
+            let root = TempPath::new("relay-store");
+            let (store, _) = crate::store::Store::open(&root.0, Default::default())
+                .await
+                .unwrap();
+            let download = store.begin_download(&metainfo).await.unwrap();
+            let piece = PieceIndex(1);
+            let header = header_of(&metainfo, 1);
+            assert!(matches!(
+                download.piece_source(piece),
+                Err(crate::store::StoreError::PieceMissing { .. })
+            ));
+
+            // Origin → relay.
+            let (mut origin, mut relay_in) = conn_pair(upload_path).await;
+            let file = compio::fs::File::open(&source.0).await.unwrap();
+            let offset = metainfo.piece_offset(piece);
+            let sending = compio::runtime::spawn(async move {
+                origin.send_piece(header, &file, offset).await.unwrap();
+                origin
+            });
+            assert_eq!(relay_in.recv().await.unwrap(), Message::Piece(header));
+            let buf = Vec::with_capacity(piece_len as usize);
+            let (verdict, buf) = relay_in
+                .recv_piece_payload(metainfo.piece_hash(piece), buf)
+                .await;
+            assert_eq!(verdict.unwrap(), Verdict::Verified);
+            let (written, _) = download.write_piece(piece, buf).await;
+            written.unwrap();
+            drop(sending.await.unwrap());
+
+            // Relay → leecher, from the download's data file.
+            let (mut relay_out, mut leecher) = conn_pair(upload_path).await;
+            let (file, offset) = download.piece_source(piece).unwrap();
+            assert_eq!(offset, metainfo.piece_offset(piece));
+            let expected = *metainfo.piece_hash(piece);
+            let receiving = compio::runtime::spawn(async move {
+                let message = leecher.recv().await.unwrap();
+                let buf = Vec::with_capacity(piece_len as usize);
+                let (verdict, buf) = leecher.recv_piece_payload(&expected, buf).await;
+                (message, verdict.unwrap(), buf)
+            });
+            relay_out.send_piece(header, file, offset).await.unwrap();
+            let (message, verdict, received) = receiving.await.unwrap();
+            assert_eq!(message, Message::Piece(header));
+            assert_eq!(verdict, Verdict::Verified);
+            let start = offset as usize;
+            assert!(received == blob[start..start + piece_len as usize]);
+            drop(download);
+            drop(store);
         });
     }
 }
