@@ -85,7 +85,8 @@ impl PeerReader {
     /// `expected_sha256` (the metainfo's hash of the piece the header named: checking that
     /// the header's piece and length belong to the stripe is the caller's job).
     ///
-    /// The buffer comes back whatever happens, holding the payload on success. Bytes of a
+    /// The buffer comes back whatever happens, holding the payload on success; only a future
+    /// dropped before it finished loses it (and poisons the reader). Bytes of a
     /// [`Verdict::Corrupt`] payload must not be written anywhere.
     pub async fn recv_piece_payload(
         &mut self,
