@@ -76,6 +76,11 @@ impl PeerConn {
         self.reader.payload_pending()
     }
 
+    #[cfg(test)]
+    pub(crate) fn reader(&self) -> &PeerReader {
+        &self.reader
+    }
+
     /// See [`PeerReader::recv_piece_payload`].
     pub async fn recv_piece_payload(
         &mut self,

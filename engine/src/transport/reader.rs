@@ -56,6 +56,12 @@ impl PeerReader {
         self.payload_pending
     }
 
+    /// Capacity of the receive buffer, for the tests of its bound.
+    #[cfg(test)]
+    pub(crate) fn recv_buf_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Receives the next message. After a [`Message::Piece`] header, the payload must be taken
     /// ([`PeerReader::recv_piece_payload`]) or skipped before the next call.
     ///

@@ -228,6 +228,43 @@ fn frames_split_across_reads_and_coalesced_in_one_read() {
     });
 }
 
+#[test]
+fn the_receive_buffer_never_grows() {
+    run(async {
+        let (mut raw, mut conn) = raw_pair().await;
+        // Largest frames back to back, far more than the buffer holds, in one write.
+        let largest = Message::Handshake(Handshake {
+            info_hash: InfoHash([1; 32]),
+            stripe: StripeIndex(0),
+            peer_id: PeerId::from_u64(1),
+            is_origin: false,
+            bitfield: Bitfield::full(limits::STRIPE_PIECES_MAX as usize),
+        });
+        let one = frame(&largest);
+        assert_eq!(one.len(), FRAME_TOTAL_LEN_MAX);
+        let n_frames = 4 * RECV_BUF_LEN / one.len();
+        let bytes: Vec<u8> = (0..n_frames).flat_map(|_| one.clone()).collect();
+        let writer = compio::runtime::spawn(async move { write_raw(&mut raw, bytes).await });
+        for _ in 0..n_frames {
+            assert_eq!(conn.recv().await.unwrap(), largest);
+            assert_eq!(conn.reader().recv_buf_capacity(), RECV_BUF_LEN);
+        }
+        writer.await.unwrap();
+    });
+}
+
+#[test]
+fn a_recv_that_beats_the_timer_leaves_the_reader_usable() {
+    run(async {
+        let (mut a, mut b) = conn_pair(UploadPath::Copy).await;
+        a.send_message(&Message::Have(PieceIndex(1))).await.unwrap();
+        let raced = compio::time::timeout(Duration::from_secs(10), b.recv()).await;
+        assert_eq!(raced.unwrap().unwrap(), Message::Have(PieceIndex(1)));
+        a.send_message(&Message::Complete).await.unwrap();
+        assert_eq!(b.recv().await.unwrap(), Message::Complete);
+    });
+}
+
 /// Sends `bytes` from a raw socket and checks the wire error the reader reports; the reader is
 /// then poisoned.
 fn check_malformed(bytes: &[u8], expected: WireError) {
