@@ -63,14 +63,14 @@
 //! Measured (1 GiB in 4 MiB pieces from tmpfs, one connection on loopback, sender and
 //! receiver as separate processes pinned to the two cores of the development machine, which
 //! two simulator runs were loading at the same time: load average ≈ 6, so throughputs are
-//! low and noisy; medians of 3 rounds, two runs):
+//! low and noisy; medians of 3 rounds, three runs):
 //!
 //! | mode | GB/s | vs std+sha | sender CPU-s/GiB | receiver CPU-s/GiB |
 //! |---|---|---|---|---|
-//! | std (blocking copy, no hashing) | 0.53–0.62 | 1.16–1.28 | 0.51–0.58 | 0.23–0.27 |
-//! | std+sha (receiver hashes) | 0.46–0.48 | 1 | 0.48–0.54 | 0.75–0.77 |
-//! | `UploadPath::Copy` | 0.50–0.56 | 1.03–1.21 | 0.49–0.64 | 0.81 |
-//! | `UploadPath::Splice` | 0.53–0.56 | 1.15 | 0.19–0.26 | 0.98–1.00 |
+//! | std (blocking copy, no hashing) | 0.53–0.94 | 1.16–1.76 | 0.45–0.58 | 0.18–0.27 |
+//! | std+sha (receiver hashes) | 0.46–0.53 | 1 | 0.41–0.54 | 0.75–0.77 |
+//! | `UploadPath::Copy` | 0.50–0.65 | 1.03–1.22 | 0.42–0.64 | 0.79–0.81 |
+//! | `UploadPath::Splice` | 0.53–0.66 | 1.15–1.24 | 0.19–0.26 | 0.98–1.00 |
 //!
 //! Splice halves the sender's CPU and is at least as fast, so it is the default to keep. Its
 //! receiver pays more system time for the same code, probably because on loopback the
