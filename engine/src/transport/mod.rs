@@ -72,7 +72,7 @@
 //! | `UploadPath::Copy` | 0.50–0.65 | 1.03–1.22 | 0.42–0.64 | 0.79–0.81 |
 //! | `UploadPath::Splice` | 0.53–0.66 | 1.15–1.24 | 0.19–0.26 | 0.98–1.00 |
 //!
-//! Splice halves the sender's CPU and is at least as fast, so it is the default to keep. Its
+//! Splice halves the sender's CPU and is at least as fast, so it is the path to keep. Its
 //! receiver pays more system time for the same code, probably because on loopback the
 //! receiver's copy then reads payload no CPU has touched (the copy path's sender has just
 //! pulled it into the shared cache); a NIC DMAs into memory either way. SHA-256 is most of
