@@ -5,7 +5,10 @@
 //! sockets and disks. Built by the engine issue, module by module:
 //! - [`store`]: the on-disk piece store (content-addressed blobs, resumable downloads,
 //!   eviction).
+//! - [`transport`]: one peer connection's byte plumbing (frames, piece payloads hashed as
+//!   they arrive, uploads by splice or copy).
 
 pub use shoal_proto as proto;
 
 pub mod store;
+pub mod transport;

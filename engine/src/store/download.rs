@@ -528,6 +528,25 @@ impl Download {
         (result.context("pread", &shared.data_path), buf)
     }
 
+    /// The data file and the offset of a stored piece, for uploading it straight from the
+    /// file (`transport::PeerWriter::send_piece`, which can splice it). Refused, like
+    /// [`Download::read_piece`], unless the piece is stored: only verified, durable data is
+    /// ever served.
+    pub fn piece_source(&self, piece: PieceIndex) -> Result<(&compio::fs::File, u64), StoreError> {
+        let shared = &self.local.shared;
+        let metainfo = &shared.metainfo;
+        if !metainfo.contains_piece(piece) {
+            return Err(self.out_of_range(piece));
+        }
+        if !lock(&shared.bits).stored.get(piece.0 as usize) {
+            return Err(StoreError::PieceMissing {
+                digest: shared.digest(),
+                piece,
+            });
+        }
+        Ok((&self.local.data, metainfo.piece_offset(piece)))
+    }
+
     /// Turns the finished download into a complete blob and returns its path: fsyncs `data`,
     /// checks the blob's digest (if configured), writes the metainfo sidecar, renames `data`
     /// into `blobs/` (same filesystem, atomic), fsyncs the directories, removes the download
