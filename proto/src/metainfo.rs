@@ -220,38 +220,39 @@ const GIB: u64 = 1 << 30;
 const MIB: u32 = 1 << 20;
 
 impl Default for PieceLengthTable {
-    /// Doubles the piece length with each doubling of the blob, from 1 MiB pieces for blobs up
-    /// to 1 GiB to 64 MiB pieces above 32 GiB:
+    /// 1 MiB pieces up to 4 GiB, then the piece length doubles with each doubling of the blob,
+    /// up to 64 MiB pieces above 128 GiB:
     ///
     /// | blob length  | piece length |
     /// |--------------|--------------|
-    /// | ≤ 1 GiB      | 1 MiB        |
-    /// | ≤ 2 GiB      | 2 MiB        |
-    /// | ≤ 4 GiB      | 4 MiB        |
-    /// | ≤ 8 GiB      | 8 MiB        |
-    /// | ≤ 16 GiB     | 16 MiB       |
-    /// | ≤ 32 GiB     | 32 MiB       |
+    /// | ≤ 4 GiB      | 1 MiB        |
+    /// | ≤ 8 GiB      | 2 MiB        |
+    /// | ≤ 16 GiB     | 4 MiB        |
+    /// | ≤ 32 GiB     | 8 MiB        |
+    /// | ≤ 64 GiB     | 16 MiB       |
+    /// | ≤ 128 GiB    | 32 MiB       |
     /// | larger       | 64 MiB       |
     ///
-    /// Each tier spans one doubling of the blob length and ends where `blob / piece` is 1024,
-    /// so a blob between 512 MiB and 32 GiB always has between 512 and 1024 pieces. That is
-    /// enough pieces for many peers to trade different ones at once and for 512-piece stripes
-    /// to give 1–2 stripes (4 for 100 GiB) to spread over shards, and few enough that the metainfo
-    /// (32 bytes per piece, at most 32 KiB here) and each stripe's bitfield stay small.
+    /// Each tier above 4 GiB spans one doubling of the blob length and ends where
+    /// `blob / piece` is 4096, so a blob between 2 GiB and 128 GiB has 2048 to 4096 pieces
+    /// (100 GiB: 3200). Small pieces make a short pipeline: a piece is passed on only once it
+    /// is whole and verified, so every hop through the fleet costs one piece time. Measured
+    /// with `shoal-sim` (kraken-2600 at 300 hosts, perf/RESULTS.md): 2 MiB pieces for its
+    /// 1.5 GB layers gave a p50 efficiency of 0.89, 1 MiB pieces 0.93. The metainfo stays
+    /// small (32 bytes per piece: 128 KiB at 4096 pieces).
     ///
-    /// Below 512 MiB the 1 MiB floor wins: a piece must stay large next to the per-piece cost
+    /// Below 4 GiB the 1 MiB floor wins: a piece must stay large next to the per-piece cost
     /// (a request round trip, a hash, a `Have` to every neighbour), so a 100 MiB layer has 100
-    /// pieces rather than 512 tiny ones. Above 32 GiB the 64 MiB ceiling
-    /// ([`limits::PIECE_LEN_MAX`], which bounds a piece payload in memory and on the wire)
-    /// wins, and the count grows linearly instead: 100 GiB gives 1600 pieces.
+    /// pieces. Above 128 GiB the 64 MiB ceiling ([`limits::PIECE_LEN_MAX`], which bounds a
+    /// piece payload in memory and on the wire) wins and the count grows linearly.
     fn default() -> PieceLengthTable {
         let entries = vec![
-            (GIB, MIB),
-            (2 * GIB, 2 * MIB),
-            (4 * GIB, 4 * MIB),
-            (8 * GIB, 8 * MIB),
-            (16 * GIB, 16 * MIB),
-            (32 * GIB, 32 * MIB),
+            (4 * GIB, MIB),
+            (8 * GIB, 2 * MIB),
+            (16 * GIB, 4 * MIB),
+            (32 * GIB, 8 * MIB),
+            (64 * GIB, 16 * MIB),
+            (128 * GIB, 32 * MIB),
             (u64::MAX, 64 * MIB),
         ];
         PieceLengthTable::new(entries).expect("the default piece length table is valid")
@@ -268,14 +269,15 @@ pub struct MetainfoParams {
 }
 
 impl MetainfoParams {
-    /// Default stripe width: with the default table's 512–1024 pieces per large blob, 1–2
-    /// stripes (4 for 100 GiB), each with a 64-byte bitfield.
+    /// Default stripe width: a 1 GiB blob has 2 stripes, a 4 GiB blob 8, a 100 GiB blob 7,
+    /// each with a 64-byte bitfield.
     ///
     /// Measured with `shoal-sim` (kraken-2600 at 300 hosts, see perf/RESULTS.md): every stripe
     /// is a swarm of its own, with its own connections and request limits, so narrower stripes
     /// mean more, smaller swarms per host, more concurrent flows splitting each link, and a
     /// smaller pool of pieces for rarest-first. 128-piece stripes gave a p50 efficiency of
-    /// 0.84, 512-piece stripes 0.89. Two to four shards per blob still hash 10 Gbit/s.
+    /// 0.84, 512-piece stripes 0.89 (both with 2 MiB pieces). Two shards per blob hash
+    /// 10 Gbit/s.
     pub const PIECES_PER_STRIPE_DEFAULT: u32 = 512;
 
     /// Checks what the type cannot: `pieces_per_stripe` within bounds. (The table is validated
@@ -1017,34 +1019,36 @@ mod tests {
         check_default_table(0, 1);
         check_default_table(1, 1);
         check_default_table(GIB, 1);
-        check_default_table(GIB + 1, 2);
-        check_default_table(2 * GIB, 2);
-        check_default_table(2 * GIB + 1, 4);
-        check_default_table(4 * GIB, 4);
-        check_default_table(8 * GIB, 8);
-        check_default_table(16 * GIB, 16);
-        check_default_table(16 * GIB + 1, 32);
-        check_default_table(32 * GIB, 32);
-        check_default_table(32 * GIB + 1, 64);
-        check_default_table(100 * GIB, 64);
+        check_default_table(4 * GIB, 1);
+        check_default_table(4 * GIB + 1, 2);
+        check_default_table(8 * GIB, 2);
+        check_default_table(8 * GIB + 1, 4);
+        check_default_table(16 * GIB, 4);
+        check_default_table(32 * GIB, 8);
+        check_default_table(64 * GIB, 16);
+        check_default_table(100 * GIB, 32);
+        check_default_table(128 * GIB, 32);
+        check_default_table(128 * GIB + 1, 64);
         check_default_table(limits::BLOB_LEN_MAX, 64);
         check_default_table(u64::MAX, 64);
     }
 
     #[test]
-    fn default_table_gives_512_to_1024_pieces_between_512_mib_and_32_gib() {
+    fn default_table_gives_2048_to_4096_pieces_between_2_gib_and_128_gib() {
         let table = PieceLengthTable::default();
-        let mut blob_len = GIB / 2 + 1;
-        while blob_len <= 32 * GIB {
+        let mut blob_len = 2 * GIB + 1;
+        while blob_len <= 128 * GIB {
             let n_pieces = blob_len.div_ceil(u64::from(table.piece_len_for(blob_len)));
             assert!(
-                (512..=1024).contains(&n_pieces),
+                (2048..=4096).contains(&n_pieces),
                 "blob {blob_len}: {n_pieces}"
             );
-            blob_len += 97 << 20;
+            blob_len += 397 << 20;
         }
         let n_pieces_100_gib = (100 * GIB).div_ceil(u64::from(table.piece_len_for(100 * GIB)));
-        assert_eq!(n_pieces_100_gib, 1600);
+        assert_eq!(n_pieces_100_gib, 3200);
+        let n_pieces_max = limits::BLOB_LEN_MAX.div_ceil(u64::from(limits::PIECE_LEN_MAX));
+        assert!(n_pieces_max <= N_PIECES_MAX);
     }
 
     fn check_table(entries: &[(u64, u32)], expected: Result<(), MetainfoError>) {
