@@ -1,24 +1,24 @@
 //! The bandwidth model: piece payloads as flows sharing each host's uplink and downlink.
 //!
 //! Every host has an upload capacity and a download capacity (bytes per second). A flow
-//! carries one piece payload from an uploader to a downloader. A downloader splits its
-//! downlink equally over the flows it receives; an uploader water-fills its uplink over the
-//! flows it sends, each capped by its downloader's equal share:
+//! carries one piece payload from an uploader to a downloader. Rates approximate max-min
+//! fairness, which is what competing TCP flows converge to. Each flow holds an allotment at
+//! each end, and runs at the smaller of the two:
 //!
 //! ```text
-//! down_share(dst) = down(dst) / n_down(dst)
-//! up_alloc(f)     = min(level(src), down_share(dst_f))   with Σ_f up_alloc(f) = up(src)
-//! rate(f)         = min(up_alloc(f), down_share(dst))
+//! rate(f) = min(up_alloc(f), down_alloc(f))
+//! Σ_{f sent by h} up_alloc(f) <= up(h)        Σ_{f received by h} down_alloc(f) <= down(h)
 //! ```
 //!
-//! So an uploader whose flows are held back by busy downloaders gives the unused part of its
-//! link to its other flows, as competing TCP flows do (an equal split per endpoint would leave
-//! it idle: that made origins serving a few busy downloaders look far slower than they are).
-//! The downlink side stays an equal split, which under-uses a downloader whose uploaders are
-//! all busy: the model errs on the slow side there. Rates are always feasible: every flow's
-//! rate is at most its share of either link, and each uplink's allotments sum to at most its
-//! capacity. An uploader's allotments are recomputed when its own flows change; between times
-//! a downloader's share may have grown, which only makes the flow slower than the ideal.
+//! When a flow starts or ends, its uploader water-fills its uplink over its flows, each capped
+//! by what the flow could get at its downloader (its allotment there plus that link's unused
+//! capacity), and its downloader water-fills its downlink likewise. Each flow of those two
+//! hosts then moves its allotment at the far end towards the new one, within the far link's
+//! unused capacity. So a flow held back at one end leaves its share of the other end to that
+//! end's other flows (an equal split per endpoint would leave it idle), the two allotment sums
+//! never exceed a link's capacity (rates are always feasible), and the work per change is the
+//! flows of two hosts, nothing global. Hosts further away are brought up to date when their
+//! own flows change, so the model errs on the slow side between times.
 //!
 //! A rate changes only when one of its two endpoints gains or loses a flow, so starting,
 //! finishing or cancelling a flow re-rates exactly the flows of its uploader's uplink and
@@ -90,6 +90,23 @@ pub struct FlowEnd<T> {
     /// Bytes that crossed the network (all of them for a completed flow).
     pub bytes_sent: u64,
     pub tag: T,
+}
+
+/// The largest `level` with `Σ min(level, cap) <= capacity` over `caps` (sorted in place);
+/// infinite when the caps alone fit.
+fn water_level(capacity: f64, caps: &mut [f64]) -> f64 {
+    caps.sort_unstable_by(f64::total_cmp);
+    let mut remaining = capacity;
+    let mut n_left = caps.len();
+    for &cap in caps.iter() {
+        let fair = remaining / n_left as f64;
+        if cap >= fair {
+            return fair;
+        }
+        remaining -= cap;
+        n_left -= 1;
+    }
+    f64::INFINITY
 }
 
 /// A binary min-heap of hosts keyed by their earliest completion, with in-place updates.
@@ -193,10 +210,11 @@ impl HostHeap {
 #[derive(Debug)]
 pub struct FlowNet<T> {
     hosts: Vec<Endpoint>,
-    /// Per host: download capacity / flows received.
-    down_share: Vec<f64>,
-    /// Per flow slot: what its uploader's water-filling allots it.
+    /// Per host: capacity not allotted to any flow, (uplink, downlink).
+    spare: Vec<(f64, f64)>,
+    /// Per flow slot: its allotments at the uploader and at the downloader.
     up_alloc: Vec<f64>,
+    down_alloc: Vec<f64>,
     /// Scratch space for water-filling (caps of one host's flows, sorted).
     scratch: Vec<f64>,
     earliest: Vec<Earliest>,
@@ -223,8 +241,9 @@ impl<T: Copy> FlowNet<T> {
     pub fn new() -> FlowNet<T> {
         FlowNet {
             hosts: Vec::new(),
-            down_share: Vec::new(),
+            spare: Vec::new(),
             up_alloc: Vec::new(),
+            down_alloc: Vec::new(),
             scratch: Vec::new(),
             earliest: Vec::new(),
             flows: Vec::new(),
@@ -255,7 +274,7 @@ impl<T: Copy> FlowNet<T> {
             dirty: false,
             rescan: false,
         });
-        self.down_share.push(down_bytes_per_s);
+        self.spare.push((up_bytes_per_s, down_bytes_per_s));
         self.by_earliest.add_host();
         (self.hosts.len() - 1) as u32
     }
@@ -306,6 +325,7 @@ impl<T: Copy> FlowNet<T> {
                 self.flows[slot as usize] = flow;
                 self.rates[slot as usize] = 0.0;
                 self.up_alloc[slot as usize] = 0.0;
+                self.down_alloc[slot as usize] = 0.0;
                 self.tags[slot as usize] = tag;
                 slot
             }
@@ -313,6 +333,7 @@ impl<T: Copy> FlowNet<T> {
                 self.flows.push(flow);
                 self.rates.push(0.0);
                 self.up_alloc.push(0.0);
+                self.down_alloc.push(0.0);
                 self.tags.push(tag);
                 (self.flows.len() - 1) as u32
             }
@@ -384,6 +405,10 @@ impl<T: Copy> FlowNet<T> {
         if let Some(&(moved, _)) = down.get(down_position as usize) {
             self.flows[moved as usize].down_position = down_position;
         }
+        self.spare[src as usize].0 += self.up_alloc[id.0 as usize];
+        self.spare[dst as usize].1 += self.down_alloc[id.0 as usize];
+        self.up_alloc[id.0 as usize] = 0.0;
+        self.down_alloc[id.0 as usize] = 0.0;
         self.free_slots.push(id.0);
         self.n_live -= 1;
         if self.earliest[src as usize].flow == id.0 {
@@ -395,28 +420,22 @@ impl<T: Copy> FlowNet<T> {
     /// Re-rates every flow on `src`'s uplink and `dst`'s downlink, then brings the
     /// earliest-completion index up to date for every uploader touched.
     fn rerate_endpoints(&mut self, now: Instant, src: u32, dst: u32) {
-        let receiver = &self.hosts[dst as usize];
-        self.down_share[dst as usize] =
-            receiver.down_bytes_per_s / receiver.down.len().max(1) as f64;
-        // The uploader water-fills its uplink, each flow capped by its downloader's share.
-        let level = self.water_level(src);
+        self.refill(src, true);
+        self.refill(dst, false);
+        // Far ends follow: each flow of `src` moves its downloader's allotment towards its new
+        // uplink allotment, within that downlink's unused capacity; likewise for `dst`.
         for index in 0..self.hosts[src as usize].up.len() {
             let (slot, receiver) = self.hosts[src as usize].up[index];
-            let alloc = level.min(self.down_share[receiver as usize]);
-            self.up_alloc[slot as usize] = alloc;
-            if alloc != self.rates[slot as usize] {
-                self.set_rate(now, slot, alloc);
+            if receiver != dst {
+                self.follow(slot as usize, receiver, false);
             }
+            self.rerate(now, slot);
         }
-        // The downloader's share changed: its flows from other uploaders keep their
-        // allotment, within the new share.
-        let share = self.down_share[dst as usize];
         for index in 0..self.hosts[dst as usize].down.len() {
-            let slot = self.hosts[dst as usize].down[index].0;
-            let rate = self.up_alloc[slot as usize].min(share);
-            if rate != self.rates[slot as usize] {
-                self.set_rate(now, slot, rate);
-            }
+            // Including the flows from `src`: their downlink allotment is the newest.
+            let (slot, sender) = self.hosts[dst as usize].down[index];
+            self.follow(slot as usize, sender, true);
+            self.rerate(now, slot);
         }
         let mut dirty = std::mem::take(&mut self.dirty);
         for &host in &dirty {
@@ -440,30 +459,85 @@ impl<T: Copy> FlowNet<T> {
         self.dirty = dirty;
     }
 
-    /// The water level of `host`'s uplink: the largest `level` with
-    /// `Σ min(level, down_share(dst_f)) <= capacity` over its flows. Infinite when the
-    /// downloaders' shares alone fit.
-    fn water_level(&mut self, host: u32) -> f64 {
+    /// Water-fills one link of `host` over its flows: each flow is capped by what it could
+    /// get at its other end (its allotment there plus that link's unused capacity).
+    fn refill(&mut self, host: u32, up: bool) {
         let endpoint = &self.hosts[host as usize];
+        let (capacity, flows) = if up {
+            (endpoint.up_bytes_per_s, &endpoint.up)
+        } else {
+            (endpoint.down_bytes_per_s, &endpoint.down)
+        };
         self.scratch.clear();
-        self.scratch.extend(
-            endpoint
-                .up
-                .iter()
-                .map(|&(_, receiver)| self.down_share[receiver as usize]),
-        );
-        self.scratch.sort_unstable_by(f64::total_cmp);
-        let mut remaining = endpoint.up_bytes_per_s;
-        let mut n_left = self.scratch.len();
-        for &cap in &self.scratch {
-            let fair = remaining / n_left as f64;
-            if cap >= fair {
-                return fair;
-            }
-            remaining -= cap;
-            n_left -= 1;
+        for &(slot, other) in flows {
+            let cap = self.far_cap(slot, other, up);
+            self.scratch.push(cap);
         }
-        f64::INFINITY
+        let level = water_level(capacity, &mut self.scratch);
+        let mut allotted = 0.0;
+        for &(slot, other) in flows {
+            let cap = self.far_cap(slot, other, up);
+            let alloc = level.min(cap);
+            allotted += alloc;
+            if up {
+                self.up_alloc[slot as usize] = alloc;
+            } else {
+                self.down_alloc[slot as usize] = alloc;
+            }
+        }
+        let spare = (capacity - allotted).max(0.0);
+        if up {
+            self.spare[host as usize].0 = spare;
+        } else {
+            self.spare[host as usize].1 = spare;
+        }
+    }
+
+    /// What flow `slot` could get at its far end (`other`'s downlink if `up`, else its
+    /// uplink): its allotment there plus that link's unused capacity, and at least an equal
+    /// share of that link (so that a new flow is never starved by full links at both ends).
+    fn far_cap(&self, slot: u32, other: u32, up: bool) -> f64 {
+        let endpoint = &self.hosts[other as usize];
+        if up {
+            let equal = endpoint.down_bytes_per_s / endpoint.down.len().max(1) as f64;
+            (self.down_alloc[slot as usize] + self.spare[other as usize].1).max(equal)
+        } else {
+            let equal = endpoint.up_bytes_per_s / endpoint.up.len().max(1) as f64;
+            (self.up_alloc[slot as usize] + self.spare[other as usize].0).max(equal)
+        }
+    }
+
+    /// Moves flow `slot`'s allotment at its far end (`far`'s downlink if `far_is_up` is false,
+    /// its uplink otherwise) towards its allotment at the near end, within `far`'s spare.
+    fn follow(&mut self, slot: usize, far: u32, far_is_up: bool) {
+        let (near, far_alloc, far_spare) = if far_is_up {
+            (
+                self.down_alloc[slot],
+                &mut self.up_alloc[slot],
+                &mut self.spare[far as usize].0,
+            )
+        } else {
+            (
+                self.up_alloc[slot],
+                &mut self.down_alloc[slot],
+                &mut self.spare[far as usize].1,
+            )
+        };
+        if near > *far_alloc {
+            let grow = (near - *far_alloc).min(*far_spare);
+            *far_alloc += grow;
+            *far_spare -= grow;
+        } else {
+            *far_spare += *far_alloc - near;
+            *far_alloc = near;
+        }
+    }
+
+    fn rerate(&mut self, now: Instant, slot: u32) {
+        let rate = self.up_alloc[slot as usize].min(self.down_alloc[slot as usize]);
+        if rate != self.rates[slot as usize] {
+            self.set_rate(now, slot, rate);
+        }
     }
 
     fn mark(&mut self, host: u32, rescan: bool) {
@@ -628,6 +702,24 @@ mod tests {
         let to_idle = net.start(at(0), src, idle, 1000, 2);
         assert_eq!(net.rate_bytes_per_s(to_busy), 10.0);
         assert_eq!(net.rate_bytes_per_s(to_idle), 90.0);
+    }
+
+    /// The downloader gives the share a busy uploader cannot send to its other flows.
+    #[test]
+    fn downloader_water_fills_around_a_busy_uploader() {
+        let mut net = FlowNet::new();
+        let busy = net.add_host(40.0, 1e9);
+        let free = net.add_host(1e9, 1e9);
+        let dst = net.add_host(1e9, 100.0);
+        let other = net.add_host(1e9, 1e9);
+        // `busy` sends 4 flows: 10 B/s each.
+        for tag in 0..3 {
+            net.start(at(0), busy, other, 1000, 10 + tag);
+        }
+        let from_busy = net.start(at(0), busy, dst, 1000, 1);
+        let from_free = net.start(at(0), free, dst, 1000, 2);
+        assert_eq!(net.rate_bytes_per_s(from_busy), 10.0);
+        assert_eq!(net.rate_bytes_per_s(from_free), 90.0);
     }
 
     /// Random flows on random hosts: at every instant no link carries more than its capacity,
