@@ -2,8 +2,13 @@
 //! bandwidth limits, tracker client).
 //!
 //! The engine is the only caller of `shoal-proto`'s `handle_*` / `poll_*` methods on real
-//! sockets and disks. It is built by the engine issue; today it only fixes the crate's place
-//! in the workspace, so that the layering (engine depends on proto, never on servers/ or
-//! tools/) is checked by the compiler from the first commit.
+//! sockets and disks. Built by the engine issue, module by module:
+//! - [`store`]: the on-disk piece store (content-addressed blobs, resumable downloads,
+//!   eviction).
+//! - [`transport`]: one peer connection's byte plumbing (frames, piece payloads hashed as
+//!   they arrive, uploads by splice or copy).
 
 pub use shoal_proto as proto;
+
+pub mod store;
+pub mod transport;

@@ -122,6 +122,7 @@ pub struct SwarmOverrides {
     pub origin_connections_max: Option<usize>,
     pub dials_in_flight_max: Option<usize>,
     pub requests_per_connection_max: Option<usize>,
+    pub requests_in_flight_max: Option<usize>,
     pub upload_queue_per_connection_max: Option<usize>,
     pub uploads_active_max: Option<usize>,
     pub request_timeout_ms: Option<u64>,
@@ -160,6 +161,10 @@ impl SwarmOverrides {
         set(
             &mut base.requests_per_connection_max,
             self.requests_per_connection_max,
+        );
+        set(
+            &mut base.requests_in_flight_max,
+            self.requests_in_flight_max,
         );
         set(
             &mut base.upload_queue_per_connection_max,

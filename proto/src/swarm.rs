@@ -62,6 +62,10 @@ pub struct SwarmConfig {
     pub dials_in_flight_max: usize,
     /// Piece requests in flight per connection (the pipeline depth).
     pub requests_per_connection_max: usize,
+    /// Piece requests in flight in this swarm, over all connections. Every request in flight
+    /// is a flow sharing the host's downlink: fewer, faster flows mean a piece is verified and
+    /// passed on sooner, which is what makes a fleet-wide pipeline short.
+    pub requests_in_flight_max: usize,
     /// Requests a remote may have queued with us per connection; more are rejected.
     pub upload_queue_per_connection_max: usize,
     /// Pieces this swarm sends at the same time; the rest wait in FIFO order.
@@ -96,11 +100,12 @@ impl Default for SwarmConfig {
     fn default() -> SwarmConfig {
         SwarmConfig {
             is_origin: false,
-            dial_target: 5,
-            connections_max: 10,
+            dial_target: 8,
+            connections_max: 16,
             origin_connections_max: 1,
-            dials_in_flight_max: 8,
-            requests_per_connection_max: 2,
+            dials_in_flight_max: 12,
+            requests_per_connection_max: 1,
+            requests_in_flight_max: 8,
             upload_queue_per_connection_max: 4,
             uploads_active_max: 4,
             request_timeout: Duration::from_secs(20),
@@ -127,7 +132,9 @@ impl SwarmConfig {
             dial_target: 0,
             connections_max: 256,
             origin_connections_max: 0,
-            uploads_active_max: 8,
+            // Few uploads at once: each piece leaves the origin fast, so that peers can pass
+            // it on early (measured with shoal-sim, see perf/RESULTS.md).
+            uploads_active_max: 2,
             idle_timeout: Duration::from_secs(10),
             ..SwarmConfig::default()
         }
@@ -142,8 +149,8 @@ impl SwarmConfig {
         if self.dial_target > self.connections_max {
             return fail("dial_target must not exceed connections_max");
         }
-        if self.requests_per_connection_max == 0 {
-            return fail("requests_per_connection_max must be at least 1");
+        if self.requests_per_connection_max == 0 || self.requests_in_flight_max == 0 {
+            return fail("requests_per_connection_max and requests_in_flight_max must be >= 1");
         }
         if self.upload_queue_per_connection_max < self.requests_per_connection_max {
             return fail("upload_queue_per_connection_max must be >= requests_per_connection_max");
@@ -156,6 +163,9 @@ impl SwarmConfig {
         }
         if self.request_timeout.is_zero() || self.idle_timeout.is_zero() {
             return fail("request_timeout and idle_timeout must be non-zero");
+        }
+        if self.keepalive_interval.is_zero() || self.handshake_timeout.is_zero() {
+            return fail("keepalive_interval and handshake_timeout must be non-zero");
         }
         if self.dial_backoff > self.dial_backoff_max {
             return fail("dial_backoff must not exceed dial_backoff_max");
@@ -333,6 +343,9 @@ enum ConnState {
 struct InFlight {
     local: usize,
     deadline: Instant,
+    /// Its payload header was accepted: the remote answered, the bytes are on their way, and
+    /// only `handle_piece` ends it (no timeout, no Cancel, no Reject).
+    receiving: bool,
 }
 
 #[derive(Debug)]
@@ -351,8 +364,9 @@ struct Conn {
     cancelled: Vec<usize>,
     /// Requests the remote made that wait in our upload FIFO or are being sent.
     uploads_queued: usize,
-    /// No new request to this connection before this time.
-    backoff_until: Instant,
+    /// No new request to this connection before this time; cleared by the first
+    /// `handle_timeout` at or after it, and a wake-up until then.
+    backoff_until: Option<Instant>,
     request_timeouts: u32,
     opened_at: Instant,
     last_sent: Instant,
@@ -408,6 +422,14 @@ pub struct Swarm {
 
     candidates: Vec<CandidateEntry>,
     dials_in_flight: usize,
+    /// Candidates being dialed, by kind (kept so that `dial` needs no scan).
+    n_dialing_agents: usize,
+    n_dialing_origins: usize,
+    /// Requests in flight over all connections (≤ `requests_in_flight_max`).
+    n_requests_in_flight: usize,
+    /// No connection deadline falls before this (it may be early, never late): keeps
+    /// `poll_timeout` O(1); `handle_timeout` recomputes it exactly.
+    timer_lower_bound: Instant,
     /// When a candidate in back-off becomes dialable while we still want connections.
     dial_wakeup: Option<Instant>,
     blacklist: VecDeque<PeerId>,
@@ -460,6 +482,10 @@ impl Swarm {
             n_origin_conns: 0,
             candidates: Vec::new(),
             dials_in_flight: 0,
+            n_dialing_agents: 0,
+            n_dialing_origins: 0,
+            n_requests_in_flight: 0,
+            timer_lower_bound: Instant::NEVER,
             dial_wakeup: None,
             blacklist: VecDeque::new(),
             uploads: VecDeque::new(),
@@ -533,7 +559,9 @@ impl Swarm {
                 .iter_mut()
                 .find(|c| c.peer == candidate.peer)
             {
-                entry.is_origin = candidate.is_origin;
+                if !entry.dialing {
+                    entry.is_origin = candidate.is_origin;
+                }
                 continue;
             }
             let entry = CandidateEntry {
@@ -577,6 +605,14 @@ impl Swarm {
                     return Err(ConnectError::NotDialed);
                 };
                 is_origin = entry.is_origin;
+                if self.is_blacklisted(&peer) {
+                    self.dial_finished(now, peer, false);
+                    return Err(ConnectError::Blacklisted);
+                }
+                if self.n_conns >= self.config.connections_max {
+                    self.dial_finished(now, peer, false);
+                    return Err(ConnectError::AtCapacity);
+                }
                 self.dial_finished(now, peer, true);
             }
             (Direction::Outbound, None) => return Err(ConnectError::NotDialed),
@@ -599,7 +635,7 @@ impl Swarm {
             requests: Vec::with_capacity(self.config.requests_per_connection_max),
             cancelled: Vec::new(),
             uploads_queued: 0,
-            backoff_until: now,
+            backoff_until: None,
             request_timeouts: 0,
             opened_at: now,
             last_sent: now,
@@ -647,7 +683,15 @@ impl Swarm {
             (ConnState::Established, Message::Handshake(_)) => {
                 self.close(conn, CloseReason::ProtocolViolation("second handshake"));
             }
-            (ConnState::Established, Message::Have(piece)) => self.on_have(now, conn, piece),
+            (ConnState::Established, Message::Have(piece)) => {
+                // Only this connection can have gained a piece worth requesting: no full
+                // maintenance (Have is the most frequent message by far).
+                self.on_have(now, conn, piece);
+                if !self.is_complete() {
+                    self.fill_connection(now, conn);
+                }
+                return;
+            }
             (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
             (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(now, conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
@@ -687,7 +731,15 @@ impl Swarm {
             self.close(conn, CloseReason::ProtocolViolation("piece length differs"));
             return PieceDisposition::Closed;
         }
-        if c.requests.iter().any(|r| r.local == local) {
+        if let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && !r.receiving)
+        {
+            if let Some(c) = self.conn_mut(conn) {
+                c.requests[position].receiving = true;
+                c.last_useful = now;
+            }
             return PieceDisposition::Accept;
         }
         if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
@@ -720,12 +772,17 @@ impl Swarm {
             }
             return;
         };
-        let Some(position) = c.requests.iter().position(|r| r.local == local) else {
+        let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && r.receiving)
+        else {
             return; // not outstanding here (the driver reported it twice): ignore
         };
         c.requests.remove(position);
         c.last_useful = now;
         c.request_timeouts = 0;
+        self.n_requests_in_flight -= 1;
         self.request_finished(local);
         match verdict {
             PieceVerdict::Valid => self.on_piece_stored(now, local),
@@ -776,10 +833,16 @@ impl Swarm {
                 self.close(handle, CloseReason::Idle);
                 continue;
             }
+            if c.backoff_until.is_some_and(|until| until <= now)
+                && let Some(c) = self.conn_mut(handle)
+            {
+                c.backoff_until = None;
+            }
+            let Some(c) = self.conn(handle) else { continue };
             let expired: Vec<usize> = c
                 .requests
                 .iter()
-                .filter(|r| r.deadline <= now)
+                .filter(|r| r.deadline <= now && !r.receiving)
                 .map(|r| r.local)
                 .collect();
             if !expired.is_empty() {
@@ -794,6 +857,7 @@ impl Swarm {
                 self.send(now, handle, Message::Keepalive);
             }
         }
+        self.timer_lower_bound = self.next_deadline_exact();
         self.maintain(now);
     }
 
@@ -809,8 +873,18 @@ impl Swarm {
         self.events.pop_front()
     }
 
-    /// The next instant at which [`Swarm::handle_timeout`] has work, if any.
+    /// The next instant at which [`Swarm::handle_timeout`] has work, if any. O(1): it may
+    /// be early (then `handle_timeout` finds nothing due and moves it on), never late.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.timer_lower_bound;
+        if let Some(when) = self.dial_wakeup {
+            next = next.min(when);
+        }
+        (next != Instant::NEVER).then_some(next)
+    }
+
+    /// The earliest connection deadline, computed from scratch.
+    fn next_deadline_exact(&self) -> Instant {
         let mut next = Instant::NEVER;
         for c in self.conns.iter().flatten() {
             if !c.is_established() {
@@ -819,14 +893,24 @@ impl Swarm {
             }
             next = next.min(c.last_useful + self.config.idle_timeout);
             next = next.min(c.last_sent + self.config.keepalive_interval);
-            if let Some(first) = c.requests.iter().map(|r| r.deadline).min() {
+            if let Some(first) = c
+                .requests
+                .iter()
+                .filter(|r| !r.receiving)
+                .map(|r| r.deadline)
+                .min()
+            {
                 next = next.min(first);
             }
+            if let Some(until) = c.backoff_until {
+                next = next.min(until);
+            }
         }
-        if let Some(when) = self.dial_wakeup {
-            next = next.min(when);
-        }
-        (next != Instant::NEVER).then_some(next)
+        next
+    }
+
+    fn note_deadline(&mut self, at: Instant) {
+        self.timer_lower_bound = self.timer_lower_bound.min(at);
     }
 
     // ----------------------------------------------------------------------------------
@@ -896,6 +980,8 @@ impl Swarm {
             self.n_origin_conns -= 1;
         }
         let we_are_complete = self.is_complete();
+        let first_deadline = now + self.config.idle_timeout.min(self.config.keepalive_interval);
+        self.note_deadline(first_deadline);
         let Some(c) = self.conn_mut(conn) else { return };
         c.state = ConnState::Established;
         c.peer = Some(peer);
@@ -912,6 +998,8 @@ impl Swarm {
         if we_are_complete && remote_complete {
             self.close(conn, CloseReason::BothComplete);
         }
+        // The handshake deadline is gone: make the timer exact again (handshakes are rare).
+        self.timer_lower_bound = self.next_deadline_exact();
     }
 
     fn on_have(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
@@ -1013,9 +1101,15 @@ impl Swarm {
         };
         let backoff = self.config.reject_backoff;
         let Some(c) = self.conn_mut(conn) else { return };
-        if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+        if let Some(position) = c
+            .requests
+            .iter()
+            .position(|r| r.local == local && !r.receiving)
+        {
             c.requests.remove(position);
-            c.backoff_until = now + backoff;
+            c.backoff_until = Some(now + backoff);
+            self.timer_lower_bound = self.timer_lower_bound.min(now + backoff);
+            self.n_requests_in_flight -= 1;
             self.request_finished(local);
         } else if let Some(position) = c.cancelled.iter().position(|&p| p == local) {
             c.cancelled.swap_remove(position);
@@ -1028,21 +1122,29 @@ impl Swarm {
         let cancelled_max = self.config.requests_per_connection_max;
         let Some(c) = self.conn_mut(conn) else { return };
         c.request_timeouts += expired.len() as u32;
-        c.backoff_until = now + backoff;
+        c.backoff_until = Some(now + backoff);
         let too_slow = c.request_timeouts >= timeouts_max;
+        let mut n_removed = 0;
         for &local in expired {
-            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+            if let Some(position) = c
+                .requests
+                .iter()
+                .position(|r| r.local == local && !r.receiving)
+            {
                 c.requests.remove(position);
+                n_removed += 1;
                 // The payload may still come; take it then if we still lack it.
                 if c.cancelled.len() < cancelled_max {
                     c.cancelled.push(local);
                 }
             }
         }
+        self.n_requests_in_flight -= n_removed;
         for &local in expired {
             self.request_finished(local);
             self.send(now, conn, Message::Cancel(self.geometry.global(local)));
         }
+        self.note_deadline(now + backoff);
         if too_slow {
             self.close(conn, CloseReason::TooSlow);
         }
@@ -1070,14 +1172,22 @@ impl Swarm {
                 index: index as u32,
                 generation: c.generation,
             };
-            if let Some(position) = c.requests.iter().position(|r| r.local == local) {
+            // A copy already arriving is not cancelled: the remote would not stop it anyway.
+            if let Some(position) = c
+                .requests
+                .iter()
+                .position(|r| r.local == local && !r.receiving)
+            {
                 c.requests.remove(position);
+                self.n_requests_in_flight -= 1;
                 if c.cancelled.len() < self.config.requests_per_connection_max {
                     c.cancelled.push(local);
                 }
                 cancels.push(handle);
             }
-            if !c.remote_has.get(local) {
+            // On completion, tell every remote not known to be complete, not only those that
+            // lack this piece: one that has it would otherwise never learn we are complete.
+            if !c.remote_has.get(local) || (complete && !c.remote_has.is_full()) {
                 haves.push(handle);
             }
         }
@@ -1151,44 +1261,95 @@ impl Swarm {
             .map(|(position, _)| position)
     }
 
+    /// Issues requests until the swarm has `requests_in_flight_max` in flight or no
+    /// connection can take one. Connections are visited round-robin from a random start, one
+    /// new request per connection per pass, so the requests spread over the peers.
     fn fill_requests(&mut self, now: Instant) {
-        // Visit connections from a random start so that no connection is always first.
         let n_slots = self.conns.len();
         if n_slots == 0 {
             return;
         }
+        debug_assert_eq!(
+            self.n_requests_in_flight,
+            self.conns
+                .iter()
+                .flatten()
+                .map(|c| c.requests.len())
+                .sum::<usize>()
+        );
+        let mut in_flight = self.n_requests_in_flight;
         let start = self.rng.index(n_slots);
-        for step in 0..n_slots {
-            let index = (start + step) % n_slots;
-            while let Some(c) = self.conns[index].as_ref() {
-                // A cancelled request holds its pipeline slot until the remote acknowledges it
-                // (with the payload or a Reject), which also bounds `cancelled`.
-                if !c.is_established()
-                    || c.requests.len() + c.cancelled.len()
-                        >= self.config.requests_per_connection_max
-                    || now < c.backoff_until
-                {
-                    break;
+        // Each pass issues at least one request or stops, and in_flight is bounded: at most
+        // requests_in_flight_max + 1 passes.
+        for _pass in 0..=self.config.requests_in_flight_max {
+            let mut issued = false;
+            for step in 0..n_slots {
+                if in_flight >= self.config.requests_in_flight_max {
+                    return;
                 }
-                let handle = ConnHandle {
-                    index: index as u32,
-                    generation: c.generation,
-                };
-                let Some(local) = self.pick(index) else { break };
-                let deadline = now + self.config.request_timeout;
-                let Some(c) = self.conns[index].as_mut() else {
-                    break;
-                };
-                c.requests.push(InFlight { local, deadline });
-                c.last_useful = now;
-                if self.requested[local] == 0 {
-                    self.n_requested_missing += 1;
+                let index = (start + step) % n_slots;
+                if self.request_one(now, index) {
+                    in_flight += 1;
+                    issued = true;
                 }
-                self.requested[local] += 1;
-                let piece = self.geometry.global(local);
-                self.send(now, handle, Message::Request(piece));
+            }
+            if !issued {
+                return;
             }
         }
+    }
+
+    /// Issues requests on one connection until it, or the swarm, is at its limit.
+    fn fill_connection(&mut self, now: Instant, conn: ConnHandle) {
+        if self.conn(conn).is_none() {
+            return;
+        }
+        let index = conn.index as usize;
+        // Bounded by requests_per_connection_max: request_one fails once the pipeline is full.
+        while self.n_requests_in_flight < self.config.requests_in_flight_max
+            && self.request_one(now, index)
+        {}
+    }
+
+    /// Issues one request on connection `index` if it can take one and has a piece we want.
+    fn request_one(&mut self, now: Instant, index: usize) -> bool {
+        let Some(c) = self.conns[index].as_ref() else {
+            return false;
+        };
+        // A cancelled request holds its pipeline slot until the remote acknowledges it (with
+        // the payload or a Reject), which also bounds `cancelled`.
+        if !c.is_established()
+            || c.requests.len() + c.cancelled.len() >= self.config.requests_per_connection_max
+            || c.backoff_until.is_some_and(|until| now < until)
+        {
+            return false;
+        }
+        let handle = ConnHandle {
+            index: index as u32,
+            generation: c.generation,
+        };
+        let Some(local) = self.pick(index) else {
+            return false;
+        };
+        let deadline = now + self.config.request_timeout;
+        let Some(c) = self.conns[index].as_mut() else {
+            return false;
+        };
+        c.requests.push(InFlight {
+            local,
+            deadline,
+            receiving: false,
+        });
+        c.last_useful = now;
+        self.n_requests_in_flight += 1;
+        self.note_deadline(deadline);
+        if self.requested[local] == 0 {
+            self.n_requested_missing += 1;
+        }
+        self.requested[local] += 1;
+        let piece = self.geometry.global(local);
+        self.send(now, handle, Message::Request(piece));
+        true
     }
 
     /// Rarest-first choice of a piece to request on connection `index`, with a seeded random
@@ -1253,16 +1414,11 @@ impl Swarm {
         let agents_wanted = self.config.dial_target;
         let mut n_agent_conns = self.n_conns - self.n_origin_conns;
         let mut n_origin_conns = self.n_origin_conns;
-        let dialing_agents = self
-            .candidates
-            .iter()
-            .filter(|c| c.dialing && !c.is_origin)
-            .count();
-        let dialing_origins = self
-            .candidates
-            .iter()
-            .filter(|c| c.dialing && c.is_origin)
-            .count();
+        let (dialing_agents, dialing_origins) = (self.n_dialing_agents, self.n_dialing_origins);
+        debug_assert_eq!(
+            dialing_agents + dialing_origins,
+            self.candidates.iter().filter(|c| c.dialing).count()
+        );
         n_agent_conns += dialing_agents;
         n_origin_conns += dialing_origins;
         let mut budget_total = self
@@ -1293,8 +1449,10 @@ impl Swarm {
             entry.dialing = true;
             if entry.is_origin {
                 n_origin_conns += 1;
+                self.n_dialing_origins += 1;
             } else {
                 n_agent_conns += 1;
+                self.n_dialing_agents += 1;
             }
             self.dials_in_flight += 1;
             budget_total -= 1;
@@ -1339,6 +1497,11 @@ impl Swarm {
             return;
         };
         entry.dialing = false;
+        if entry.is_origin {
+            self.n_dialing_origins -= 1;
+        } else {
+            self.n_dialing_agents -= 1;
+        }
         self.dials_in_flight -= 1;
         if connected {
             entry.failures = 0;
@@ -1351,6 +1514,10 @@ impl Swarm {
                 .min(self.config.dial_backoff_max);
             entry.failures += 1;
             entry.not_before = now + wait;
+        }
+        // Blacklisted while the dial was in flight: forget it now.
+        if self.blacklist.contains(&peer) {
+            self.candidates.retain(|c| c.peer != peer);
         }
     }
 
@@ -1412,15 +1579,35 @@ impl Swarm {
     fn close(&mut self, conn: ConnHandle, reason: CloseReason) {
         let Some(c) = self.conn(conn) else { return };
         let peer = c.peer;
-        if matches!(
+        let blamed = matches!(
             reason,
             CloseReason::ProtocolViolation(_) | CloseReason::BadPiece(_)
-        ) && let Some(peer) = peer
-        {
+        )
+        .then_some(peer)
+        .flatten();
+        if let Some(peer) = blamed {
             self.add_to_blacklist(peer);
         }
         self.remove_conn(conn);
         self.events.push_back(Event::Close { conn, peer, reason });
+        if let Some(peer) = blamed {
+            // Any other connection to the same peer goes too (a simultaneous open).
+            let others: Vec<ConnHandle> = self
+                .conns
+                .iter()
+                .enumerate()
+                .filter_map(|(index, slot)| {
+                    let c = slot.as_ref()?;
+                    (c.peer == Some(peer)).then_some(ConnHandle {
+                        index: index as u32,
+                        generation: c.generation,
+                    })
+                })
+                .collect();
+            for other in others {
+                self.close(other, CloseReason::Blacklisted);
+            }
+        }
     }
 
     fn remove_conn(&mut self, handle: ConnHandle) {
@@ -1439,6 +1626,7 @@ impl Swarm {
                 self.availability[local] = self.availability[local].saturating_sub(1);
             }
         }
+        self.n_requests_in_flight -= c.requests.len();
         for r in &c.requests {
             if self.requested[r.local] > 0 {
                 self.requested[r.local] -= 1;
@@ -1455,9 +1643,12 @@ impl Swarm {
         self.uploads_active -= started;
         self.uploads.retain(|job| job.conn != handle);
         self.transmits.retain(|t| t.conn != handle);
+        // Its deadlines are gone (closes are rare enough for an exact recompute).
+        self.timer_lower_bound = self.next_deadline_exact();
     }
 
     fn insert_conn(&mut self, mut conn: Conn) -> ConnHandle {
+        self.note_deadline(conn.opened_at + self.config.handshake_timeout);
         self.next_generation = self.next_generation.wrapping_add(1);
         conn.generation = self.next_generation;
         self.n_conns += 1;

@@ -249,7 +249,8 @@ pub enum Message {
     Reject(PieceIndex),
     /// The sender has every piece of the stripe.
     Complete,
-    /// Nothing to say; keeps an idle connection from timing out.
+    /// Nothing to say; keeps the transport (and any middlebox state) alive. A connection that
+    /// exchanges no requests or pieces is still closed after the swarm's idle timeout.
     Keepalive,
 }
 
