@@ -34,10 +34,12 @@
 //!   is ignored.
 //! - **Piece payloads** are flows ([`crate::flows`]): an upload's `Message::Piece` header
 //!   arrives after the latency, when the downloader is asked `handle_piece_header`; if it takes
-//!   (or discards) the payload, the bytes then flow at `min(up_src / n_up(src), down_dst /
-//!   n_down(dst))`, re-rated whenever either endpoint gains or loses a flow. When the last byte
-//!   arrives the uploader gets `handle_piece_sent` and the downloader `handle_piece` (verdict
-//!   `Invalid` if the uploader is a liar). Control messages do not queue behind payloads.
+//!   (or discards) the payload, the bytes then flow at the rate the model gives them: the
+//!   downloader's equal share of its downlink, within what the uploader's water-filled uplink
+//!   allots the flow (see [`crate::flows`]), re-rated whenever either endpoint gains or loses a
+//!   flow. When the last byte arrives the uploader gets `handle_piece_sent` and the downloader
+//!   `handle_piece` (verdict `Invalid` if the uploader is a liar). Control messages do not
+//!   queue behind payloads.
 //!
 //! # Timers
 //!
