@@ -15,7 +15,15 @@
 //! - [`sim`]: the driver: hosts, connections, timers, the network model (see its docs).
 //! - [`report`]: completion percentiles, efficiency, origin load, the simulator's own cost.
 //!
-//! The binary `shoal-sim TOPOLOGY.toml [--json] [--seed N] [--hosts N]` runs one topology.
+//! The binary runs one topology and prints its figures (the last line is one JSON object
+//! with `--json`):
+//!
+//! ```text
+//! cargo build --release -p shoal-perf
+//! target/release/shoal-sim configs/sim/small.toml
+//! target/release/shoal-sim configs/sim/fleet-15k.toml --json --progress-s 0.1
+//! target/release/shoal-sim configs/sim/kraken-2600.toml --hosts 200 --seed 7 --time-limit-s 60
+//! ```
 
 pub mod flows;
 pub mod geometry;
