@@ -35,9 +35,9 @@
 //! - **Piece payloads** are flows ([`crate::flows`]): an upload's `Message::Piece` header
 //!   arrives after the latency, when the downloader is asked `handle_piece_header`; if it takes
 //!   (or discards) the payload, the bytes then flow at the rate the model gives them: the
-//!   downloader's equal share of its downlink, within what the uploader's water-filled uplink
-//!   allots the flow (see [`crate::flows`]), re-rated whenever either endpoint gains or loses a
-//!   flow. When the last byte arrives the uploader gets `handle_piece_sent` and the downloader
+//!   smaller of what the uploader's and the downloader's water-filled links allot the flow
+//!   (an approximation of max-min sharing, see [`crate::flows`]), re-rated whenever either
+//!   endpoint gains or loses a flow. When the last byte arrives the uploader gets `handle_piece_sent` and the downloader
 //!   `handle_piece` (verdict `Invalid` if the uploader is a liar). Control messages do not
 //!   queue behind payloads.
 //!
