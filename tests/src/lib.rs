@@ -1,1 +1,4 @@
-//! End-to-end tests live in `tests/tests/`; they start real `shoal` processes.
+//! End-to-end tests across components (real `shoal` processes, real clients such as skopeo
+//! and the Docker engine, real servers such as an S3-compatible store) live in `tests/tests/`
+//! and arrive with the servers. Each binary's own command-line tests sit in its crate
+//! (`tools/tests/`, `perf/tests/`), where cargo builds the binary for them.

@@ -1,0 +1,119 @@
+//! The `shoal` binary as a user runs it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn binary(name: &str) -> PathBuf {
+    assert_eq!(name, "shoal");
+    PathBuf::from(env!("CARGO_BIN_EXE_shoal"))
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(binary(name)).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shoal-cli-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn info_hash_line(text: &str) -> String {
+    text.lines()
+        .find(|line| line.starts_with("info_hash"))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn metainfo_round_trips_through_a_file() {
+    let dir = scratch_dir("roundtrip");
+    let blob = dir.join("blob");
+    // 3 MiB + 5 bytes: three whole pieces and a short one.
+    let bytes: Vec<u8> = (0..(3 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(&blob, &bytes).unwrap();
+    let encoded = dir.join("blob.metainfo");
+    let built = run(
+        "shoal",
+        &[
+            "metainfo",
+            blob.to_str().unwrap(),
+            "--out",
+            encoded.to_str().unwrap(),
+        ],
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let text = stdout(&built);
+    assert!(text.contains("pieces            4"), "{text}");
+    assert!(text.contains("blob_bytes        3145733"), "{text}");
+    let inspected = run("shoal", &["inspect-metainfo", encoded.to_str().unwrap()]);
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    assert_eq!(info_hash_line(&text), info_hash_line(&stdout(&inspected)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn wrong_digest_and_damaged_metainfo_are_clear_errors() {
+    let dir = scratch_dir("errors");
+    let blob = dir.join("blob");
+    std::fs::write(&blob, b"hello").unwrap();
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let mismatch = run(
+        "shoal",
+        &["metainfo", blob.to_str().unwrap(), "--digest", &wrong],
+    );
+    assert!(!mismatch.status.success());
+    assert!(
+        stderr(&mismatch).contains("digest"),
+        "{}",
+        stderr(&mismatch)
+    );
+
+    let bad_digest = run(
+        "shoal",
+        &["metainfo", blob.to_str().unwrap(), "--digest", "md5:abc"],
+    );
+    assert!(!bad_digest.status.success());
+    assert!(
+        stderr(&bad_digest).contains("not supported"),
+        "{}",
+        stderr(&bad_digest)
+    );
+
+    let encoded = dir.join("m");
+    let built = run(
+        "shoal",
+        &[
+            "metainfo",
+            blob.to_str().unwrap(),
+            "--out",
+            encoded.to_str().unwrap(),
+        ],
+    );
+    assert!(built.status.success(), "{}", stderr(&built));
+    let full = std::fs::read(&encoded).unwrap();
+    std::fs::write(&encoded, &full[..full.len() - 1]).unwrap();
+    let truncated = run("shoal", &["inspect-metainfo", encoded.to_str().unwrap()]);
+    assert!(!truncated.status.success());
+    assert!(
+        stderr(&truncated).contains("truncated"),
+        "{}",
+        stderr(&truncated)
+    );
+    std::fs::write(&encoded, b"not a metainfo at all").unwrap();
+    let garbage = run("shoal", &["inspect-metainfo", encoded.to_str().unwrap()]);
+    assert!(!garbage.status.success());
+    assert!(!stderr(&garbage).is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
