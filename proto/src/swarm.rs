@@ -686,7 +686,7 @@ impl Swarm {
             (ConnState::Established, Message::Have(piece)) => {
                 // Only this connection can have gained a piece worth requesting: no full
                 // maintenance (Have is the most frequent message by far).
-                self.on_have(now, conn, piece);
+                self.on_have(conn, piece);
                 if !self.is_complete() {
                     self.fill_connection(now, conn);
                 }
@@ -695,7 +695,7 @@ impl Swarm {
             (ConnState::Established, Message::Request(piece)) => self.on_request(now, conn, piece),
             (ConnState::Established, Message::Cancel(piece)) => self.on_cancel(now, conn, piece),
             (ConnState::Established, Message::Reject(piece)) => self.on_reject(now, conn, piece),
-            (ConnState::Established, Message::Complete) => self.on_complete(now, conn),
+            (ConnState::Established, Message::Complete) => self.on_complete(conn),
             (ConnState::Established, Message::Keepalive) => {}
             (ConnState::Established, Message::Piece(header)) => {
                 // Only reachable if the driver forgot handle_piece_header: same checks.
@@ -1002,7 +1002,7 @@ impl Swarm {
         self.timer_lower_bound = self.next_deadline_exact();
     }
 
-    fn on_have(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
+    fn on_have(&mut self, conn: ConnHandle, piece: PieceIndex) {
         let Some(local) = self.geometry.local(piece) else {
             self.close(conn, CloseReason::ProtocolViolation("have outside stripe"));
             return;
@@ -1019,10 +1019,9 @@ impl Swarm {
         if remote_complete && self.is_complete() {
             self.close(conn, CloseReason::BothComplete);
         }
-        let _ = now;
     }
 
-    fn on_complete(&mut self, now: Instant, conn: ConnHandle) {
+    fn on_complete(&mut self, conn: ConnHandle) {
         let Some(c) = self.conn_mut(conn) else { return };
         let missing: Vec<usize> = (0..c.remote_has.len())
             .filter(|&i| !c.remote_has.get(i))
@@ -1039,7 +1038,6 @@ impl Swarm {
         if self.is_complete() {
             self.close(conn, CloseReason::BothComplete);
         }
-        let _ = now;
     }
 
     fn on_request(&mut self, now: Instant, conn: ConnHandle, piece: PieceIndex) {
