@@ -368,6 +368,9 @@ struct Conn {
     /// `handle_timeout` at or after it, and a wake-up until then.
     backoff_until: Option<Instant>,
     request_timeouts: u32,
+    /// Pieces received or sent on this connection: a connection that moved none and closed
+    /// makes its peer wait `dial_backoff` (doubling) before it is dialed again.
+    pieces_exchanged: u32,
     opened_at: Instant,
     last_sent: Instant,
     /// Last request or piece in either direction.
@@ -637,6 +640,7 @@ impl Swarm {
             uploads_queued: 0,
             backoff_until: None,
             request_timeouts: 0,
+            pieces_exchanged: 0,
             opened_at: now,
             last_sent: now,
             last_useful: now,
@@ -782,6 +786,7 @@ impl Swarm {
         c.requests.remove(position);
         c.last_useful = now;
         c.request_timeouts = 0;
+        c.pieces_exchanged = c.pieces_exchanged.saturating_add(1);
         self.n_requests_in_flight -= 1;
         self.request_finished(local);
         match verdict {
@@ -808,6 +813,7 @@ impl Swarm {
         if let Some(c) = self.conn_mut(conn) {
             c.uploads_queued -= 1;
             c.last_useful = now;
+            c.pieces_exchanged = c.pieces_exchanged.saturating_add(1);
         }
         self.maintain(now);
     }
@@ -1501,15 +1507,11 @@ impl Swarm {
             self.n_dialing_agents -= 1;
         }
         self.dials_in_flight -= 1;
-        if connected {
-            entry.failures = 0;
-        } else {
-            let shift = entry.failures.min(16);
-            let wait = self
-                .config
-                .dial_backoff
-                .saturating_mul(1 << shift)
-                .min(self.config.dial_backoff_max);
+        // A successful dial does not reset the failure count: only a connection that moves
+        // pieces does (see `remove_conn`), so a peer that accepts and then drops us at once
+        // is backed off like one that refuses.
+        if !connected {
+            let wait = backoff_wait(&self.config, entry.failures);
             entry.failures += 1;
             entry.not_before = now + wait;
         }
@@ -1616,6 +1618,20 @@ impl Swarm {
         debug_assert_eq!(c.generation, handle.generation);
         self.free_slots.push(handle.index);
         self.n_conns -= 1;
+        if let Some(peer) = c.peer
+            && let Some(entry) = self
+                .candidates
+                .iter_mut()
+                .find(|e| e.peer == peer && !e.dialing)
+        {
+            if c.pieces_exchanged > 0 {
+                entry.failures = 0;
+            } else {
+                let wait = backoff_wait(&self.config, entry.failures);
+                entry.failures += 1;
+                entry.not_before = entry.not_before.max(c.opened_at + wait);
+            }
+        }
         if c.is_origin {
             self.n_origin_conns -= 1;
         }
@@ -1679,4 +1695,12 @@ impl Swarm {
             .as_mut()
             .filter(|c| c.generation == handle.generation)
     }
+}
+
+/// How long a candidate waits before its next dial after `failures` failed or fruitless ones.
+fn backoff_wait(config: &SwarmConfig, failures: u32) -> Duration {
+    config
+        .dial_backoff
+        .saturating_mul(1 << failures.min(16))
+        .min(config.dial_backoff_max)
 }
