@@ -2104,8 +2104,35 @@ fn failed_dial_backs_off_exponentially() {
         rig.timeout_at(failed_at + wait);
         assert_eq!(dials(&rig.take_events()), vec![peer(5)], "wait {wait:?}");
     }
-    // A success resets the back-off.
+    // A connection that moves no piece does not reset it (see the next test).
     rig.outbound(peer(5)).unwrap();
+}
+
+#[test]
+fn connection_dropped_without_a_piece_backs_the_peer_off() {
+    // A peer that accepts and then drops us (it blacklisted us, or is full) must not be
+    // re-dialed at once: that made a reconnect storm in the simulator.
+    let cfg = config();
+    let mut rig = Rig::new(cfg.clone(), 4, &[]);
+    rig.candidates(&[agent(5)]);
+    assert_eq!(dials(&rig.take_events()), vec![peer(5)]);
+    rig.advance(ms(10));
+    let conn = rig.outbound(peer(5)).unwrap();
+    let handshake = rig.handshake_of(5, &[0, 1]);
+    rig.handshake(conn, handshake);
+    rig.take();
+    rig.advance(ms(10));
+    rig.disconnect(conn);
+    let dropped_at = rig.now;
+    assert_eq!(dials(&rig.take_events()), vec![], "no immediate redial");
+    rig.timeout_at(dropped_at + (cfg.dial_backoff - ms(30)));
+    assert_eq!(dials(&rig.take_events()), vec![]);
+    rig.run_for(cfg.dial_backoff);
+    assert_eq!(
+        dials(&rig.take_events()),
+        vec![peer(5)],
+        "dialed after the back-off"
+    );
 }
 
 #[test]
