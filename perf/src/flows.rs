@@ -219,6 +219,8 @@ pub struct FlowNet<T> {
     down_alloc: Vec<f64>,
     /// Scratch space for water-filling (caps of one host's flows, sorted).
     scratch: Vec<f64>,
+    /// The same caps in flow order (computed once per refill).
+    caps: Vec<f64>,
     earliest: Vec<Earliest>,
     flows: Vec<Flow>,
     /// Each slot's current rate, apart from `flows`: most re-ratings only compare the new rate
@@ -247,6 +249,7 @@ impl<T: Copy> FlowNet<T> {
             up_alloc: Vec::new(),
             down_alloc: Vec::new(),
             scratch: Vec::new(),
+            caps: Vec::new(),
             earliest: Vec::new(),
             flows: Vec::new(),
             rates: Vec::new(),
@@ -470,15 +473,15 @@ impl<T: Copy> FlowNet<T> {
         } else {
             (endpoint.down_bytes_per_s, &endpoint.down)
         };
-        self.scratch.clear();
+        self.caps.clear();
         for &(slot, other) in flows {
-            let cap = self.far_cap(slot, other, up);
-            self.scratch.push(cap);
+            self.caps.push(self.far_cap(slot, other, up));
         }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.caps);
         let level = water_level(capacity, &mut self.scratch);
         let mut allotted = 0.0;
-        for &(slot, other) in flows {
-            let cap = self.far_cap(slot, other, up);
+        for (&(slot, _), &cap) in flows.iter().zip(&self.caps) {
             let alloc = level.min(cap);
             allotted += alloc;
             if up {
