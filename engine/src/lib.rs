@@ -12,3 +12,6 @@ pub use shoal_proto as proto;
 
 pub mod store;
 pub mod transport;
+
+#[cfg(test)]
+mod test_runtime;

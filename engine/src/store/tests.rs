@@ -11,8 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use compio::driver::{DriverType, ProactorBuilder};
-use compio::runtime::{Runtime, RuntimeBuilder};
+use compio::driver::DriverType;
 use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceLengthTable};
 use shoal_proto::{Bitfield, Digest, PieceIndex, Rng, limits};
 
@@ -27,21 +26,7 @@ const P64: u64 = P as u64;
 
 // ---- harness ------------------------------------------------------------------------------
 
-fn runtime(driver: Option<DriverType>) -> Runtime {
-    let mut proactor = ProactorBuilder::new();
-    if let Some(driver) = driver {
-        proactor.driver_type(driver);
-    }
-    RuntimeBuilder::new()
-        .with_proactor(proactor)
-        .build()
-        .expect("compio runtime")
-}
-
-/// Runs a test body on a fresh runtime with the default (io_uring) driver.
-fn run<F: Future>(body: F) -> F::Output {
-    runtime(None).block_on(body)
-}
+use crate::test_runtime::{run, runtime};
 
 /// A directory under /tmp, removed on drop.
 struct TempDir(PathBuf);

@@ -1,15 +1,14 @@
 //! Transport tests: real sockets on 127.0.0.1 and real files under /tmp, inside compio
 //! runtimes (io_uring unless a test forces the polling driver).
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use compio::driver::{DriverType, ProactorBuilder};
+use compio::driver::DriverType;
 use compio::io::AsyncWriteExt;
 use compio::net::{TcpListener, TcpStream};
-use compio::runtime::{Runtime, RuntimeBuilder};
+use compio::runtime::Runtime;
 use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceLengthTable};
 use shoal_proto::wire::{self, Handshake, Message, PieceHeader, WireError};
 use shoal_proto::{Bitfield, Digest, InfoHash, PeerId, PieceIndex, Rng, StripeIndex, limits};
@@ -18,20 +17,7 @@ use super::*;
 
 // ---- harness ------------------------------------------------------------------------------
 
-fn runtime(driver: Option<DriverType>) -> Runtime {
-    let mut proactor = ProactorBuilder::new();
-    if let Some(driver) = driver {
-        proactor.driver_type(driver);
-    }
-    RuntimeBuilder::new()
-        .with_proactor(proactor)
-        .build()
-        .expect("compio runtime")
-}
-
-fn run<F: Future>(body: F) -> F::Output {
-    runtime(None).block_on(body)
-}
+use crate::test_runtime::{run, runtime};
 
 /// A connected pair of sockets on loopback: (dialler, acceptor).
 async fn socket_pair() -> (TcpStream, TcpStream) {
