@@ -10,8 +10,16 @@
 
 pub use shoal_proto as proto;
 
+pub mod config;
+mod engine;
+mod shard;
+pub mod stats;
 pub mod store;
 pub mod transport;
+
+pub use config::{Driver, EngineConfig};
+pub use engine::{BlobState, BlobStatus, Engine, EngineError};
+pub use stats::{EngineStats, PeerKind, ShardStats};
 
 #[cfg(test)]
 mod test_runtime;

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod peer;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
 
@@ -36,6 +38,9 @@ enum Command {
     },
     /// Decode an encoded metainfo file, check it, and print it.
     InspectMetainfo { file: PathBuf },
+    /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
+    #[command(subcommand)]
+    Peer(peer::PeerCommand),
 }
 
 /// Bytes read from a file per step when streaming a blob.
@@ -43,6 +48,7 @@ const READ_CHUNK_BYTES: usize = 1 << 20;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -52,8 +58,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr, filtered by `SHOAL_LOG` (`tracing` filter syntax; default `warn`).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 fn run(command: Command) -> Result<(), String> {
     match command {
+        Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {
                 Some(text) => Digest::parse(&text).map_err(|e| e.to_string())?,

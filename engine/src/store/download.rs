@@ -131,6 +131,12 @@ impl DownloadHandle {
         &self.shared.metainfo
     }
 
+    /// Number of pieces stored (durable and verified).
+    pub fn n_stored(&self) -> u32 {
+        // At most n_pieces, a u32.
+        lock(&self.shared.bits).stored.count_ones() as u32
+    }
+
     /// Opens this download on the current compio runtime: its own file descriptors and its
     /// own group commit, over the state every shard shares.
     pub async fn open(&self) -> Result<Download, StoreError> {

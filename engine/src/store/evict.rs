@@ -193,3 +193,44 @@ async fn remove_blob_files(store: &StoreInner, digest: &Digest) -> io::Result<()
     }
     Ok(())
 }
+
+/// Removes one complete blob on request (not by policy). `Ok(false)` if it is not in the
+/// store; `Busy` while it is pinned (open, or held by a download handle).
+pub(crate) async fn remove_one(
+    store: &StoreInner,
+    digest: &Digest,
+) -> Result<bool, super::StoreError> {
+    {
+        let mut state = lock(&store.state);
+        let pinned = state.pins.contains_key(digest);
+        let Some(entry) = state.blobs.get_mut(digest) else {
+            return Ok(false);
+        };
+        if entry.evicting || pinned {
+            return Err(super::StoreError::Busy {
+                digest: Box::new(*digest),
+                what: if pinned { "in use" } else { "being evicted" },
+            });
+        }
+        entry.evicting = true;
+    }
+    let removed = remove_blob_files(store, digest).await;
+    let mut state = lock(&store.state);
+    match removed {
+        Ok(()) => {
+            state.blobs.remove(digest);
+            tracing::info!(%digest, "removed");
+            Ok(true)
+        }
+        Err(error) => {
+            if let Some(entry) = state.blobs.get_mut(digest) {
+                entry.evicting = false;
+            }
+            Err(super::StoreError::io(
+                "remove",
+                store.layout.blob_path(digest),
+                error,
+            ))
+        }
+    }
+}

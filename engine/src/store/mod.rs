@@ -536,6 +536,12 @@ impl Store {
         result
     }
 
+    /// Removes the complete blob `digest` (its file and sidecar). `Ok(false)` if the store
+    /// does not have it; [`StoreError::Busy`] while it is open or held by a download handle.
+    pub async fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
+        evict::remove_one(&self.inner, digest).await
+    }
+
     /// Test hook: pretend the blob was last opened at `when`.
     #[cfg(test)]
     pub(crate) fn set_last_access(&self, digest: &Digest, when: SystemTime) {

@@ -25,13 +25,31 @@ impl PeerConn {
     /// out in large writes anyway. Must be called inside the compio runtime that will drive
     /// the connection; `upload_path` falls back to Copy on the polling driver.
     pub fn new(stream: TcpStream, upload_path: UploadPath) -> Result<PeerConn, TransportError> {
+        PeerConn::with_received(stream, Vec::new(), upload_path)
+    }
+
+    /// Like [`PeerConn::new`], for a stream whose first bytes were already read elsewhere
+    /// (by [`super::read_handshake`] on the shard that accepted it): `received` are the bytes
+    /// read past the handshake, which [`PeerConn::recv`] returns first. At most
+    /// [`super::RECV_BUF_LEN`] bytes; more is refused ([`TransportError::BufferTooSmall`]).
+    pub fn with_received(
+        stream: TcpStream,
+        received: Vec<u8>,
+        upload_path: UploadPath,
+    ) -> Result<PeerConn, TransportError> {
+        if received.len() > super::RECV_BUF_LEN {
+            return Err(TransportError::BufferTooSmall {
+                length: received.len(),
+                capacity: super::RECV_BUF_LEN,
+            });
+        }
         stream
             .set_nodelay(true)
             .map_err(TransportError::io("set TCP_NODELAY"))?;
         let peer_addr = stream.peer_addr().ok();
         let (read_half, write_half) = stream.into_split();
         Ok(PeerConn {
-            reader: PeerReader::new(read_half),
+            reader: PeerReader::with_received(read_half, &received),
             writer: PeerWriter::new(write_half, upload_path),
             peer_addr,
         })

@@ -78,6 +78,7 @@
 //! pulled it into the shared cache); a NIC DMAs into memory either way. SHA-256 is most of
 //! the receiver's cost (≈ 0.6 CPU-s/GiB, SHA-NI).
 
+mod accept;
 mod conn;
 mod reader;
 mod writer;
@@ -90,6 +91,7 @@ use std::io;
 use shoal_proto::limits;
 use shoal_proto::wire::{self, WireError};
 
+pub use accept::read_handshake;
 pub use conn::PeerConn;
 pub use reader::{PeerReader, Verdict};
 pub use writer::{PeerWriter, UploadPath};
@@ -167,6 +169,9 @@ pub enum TransportError {
     PayloadPending { length: usize },
     #[error("a piece header goes out with its payload: use send_piece")]
     PieceNeedsPayload,
+    /// The first message on an accepted connection was not a handshake.
+    #[error("peer sent a {kind} message before its handshake")]
+    NotHandshake { kind: &'static str },
 }
 
 impl TransportError {

@@ -41,10 +41,15 @@ pub struct PeerReader {
 }
 
 impl PeerReader {
-    pub(crate) fn new(stream: TcpStream) -> PeerReader {
+    /// A reader whose receive buffer starts with `received` (at most [`RECV_BUF_LEN`]
+    /// bytes, checked by the caller).
+    pub(crate) fn with_received(stream: TcpStream, received: &[u8]) -> PeerReader {
+        debug_assert!(received.len() <= RECV_BUF_LEN);
+        let mut buf = Vec::with_capacity(RECV_BUF_LEN);
+        buf.extend_from_slice(received);
         PeerReader {
             stream,
-            buf: Vec::with_capacity(RECV_BUF_LEN),
+            buf,
             start: 0,
             payload_pending: 0,
             poisoned: false,

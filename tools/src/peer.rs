@@ -1,0 +1,221 @@
+//! `shoal peer`: one engine as a standalone peer, to seed local files or fetch a blob by
+//! digest through the swarm. An operator's tool for trying a tracker and a few hosts, and
+//! what the engine's multi-process tests run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand, ValueEnum};
+use compio::io::AsyncWriteAtExt;
+use shoal_engine::transport::UploadPath;
+use shoal_engine::{BlobStatus, Driver, Engine, EngineConfig};
+use shoal_proto::Digest;
+
+#[derive(Subcommand, Debug)]
+pub enum PeerCommand {
+    /// Copy files into the store and seed them until killed. Prints `listening ADDR`, then
+    /// `seeding DIGEST` per file.
+    Seed {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Announce as an origin (peers ask it only for pieces nobody else has).
+        #[arg(long)]
+        origin: bool,
+        /// The files to seed.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Fetch a blob through the swarm, streaming it to `--out` in order as its pieces are
+    /// verified. Prints one JSON line with the blob's counters when it is complete.
+    Get {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Where to write the blob (written as it arrives).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Keep seeding after the download, until killed.
+        #[arg(long)]
+        seed_after: bool,
+        digest: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// The store's root directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// A tracker address (repeat for several).
+    #[arg(long = "tracker", required = true)]
+    trackers: Vec<SocketAddr>,
+    /// The peer port.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Shard threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    shards: usize,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+    #[arg(long, value_enum, default_value_t = DriverArg::Auto)]
+    driver: DriverArg,
+    #[arg(long, value_enum, default_value_t = UploadArg::Splice)]
+    upload_path: UploadArg,
+    /// Egress limit for piece uploads, bytes per second.
+    #[arg(long)]
+    egress_limit: Option<u64>,
+    /// Ingress limit for piece downloads, bytes per second.
+    #[arg(long)]
+    ingress_limit: Option<u64>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum DriverArg {
+    /// io_uring, epoll where refused.
+    Auto,
+    /// Force epoll.
+    Poll,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum UploadArg {
+    Splice,
+    Copy,
+}
+
+impl EngineArgs {
+    fn config(&self, origin: bool) -> EngineConfig {
+        let mut config = EngineConfig::new(&self.data_dir, self.trackers.clone());
+        if origin {
+            config = config.into_origin();
+        }
+        config.listen = self.listen;
+        config.shards = self.shards;
+        config.pin_threads = !self.no_pin;
+        config.driver = match self.driver {
+            DriverArg::Auto => Driver::Auto,
+            DriverArg::Poll => Driver::Poll,
+        };
+        config.upload_path = match self.upload_path {
+            UploadArg::Splice => UploadPath::Splice,
+            UploadArg::Copy => UploadPath::Copy,
+        };
+        config.egress_bytes_per_s = self.egress_limit;
+        config.ingress_bytes_per_s = self.ingress_limit;
+        config
+    }
+}
+
+pub fn run(command: PeerCommand) -> Result<(), String> {
+    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    match command {
+        PeerCommand::Seed {
+            engine,
+            origin,
+            files,
+        } => {
+            let engine = Engine::start(engine.config(origin)).map_err(|e| e.to_string())?;
+            println!("listening {}", engine.listen_addr());
+            runtime.block_on(async {
+                for file in &files {
+                    let digest = engine
+                        .ingest_file(file, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    engine.seed(&digest).await.map_err(|e| e.to_string())?;
+                    println!("seeding {digest}");
+                }
+                forever().await;
+                Ok(())
+            })
+        }
+        PeerCommand::Get {
+            engine,
+            out,
+            seed_after,
+            digest,
+        } => {
+            let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
+            let engine = Engine::start(engine.config(false)).map_err(|e| e.to_string())?;
+            println!("listening {}", engine.listen_addr());
+            runtime.block_on(async {
+                let started = Instant::now();
+                let result = get(&engine, &digest, out).await;
+                let seconds = started.elapsed().as_secs_f64();
+                let status = engine.status(&digest);
+                if let Err(error) = result {
+                    engine.shutdown();
+                    return Err(error);
+                }
+                println!("{}", status_json(&digest, status.as_ref(), seconds));
+                if seed_after {
+                    forever().await;
+                }
+                engine.shutdown();
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(), String> {
+    let mut stream = engine
+        .open(digest, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let file = match &out {
+        Some(path) => Some(
+            compio::fs::File::create(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut offset = 0u64;
+    let mut buf = Vec::with_capacity(1 << 20);
+    loop {
+        let (result, chunk) = stream.next_chunk(buf).await;
+        result.map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            break;
+        }
+        let len = chunk.len() as u64;
+        buf = match &file {
+            Some(mut file) => {
+                let compio::BufResult(written, chunk) = file.write_all_at(chunk, offset).await;
+                written.map_err(|e| format!("writing the output: {e}"))?;
+                chunk
+            }
+            None => chunk,
+        };
+        offset += len;
+    }
+    if let Some(file) = file {
+        file.sync_all()
+            .await
+            .map_err(|e| format!("syncing the output: {e}"))?;
+    }
+    engine
+        .wait_complete(digest)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn status_json(digest: &Digest, status: Option<&BlobStatus>, seconds: f64) -> String {
+    let field = |f: fn(&BlobStatus) -> u64| status.map_or(0, f);
+    format!(
+        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
+        field(|s| u64::from(s.n_pieces)),
+        field(|s| u64::from(s.pieces_resumed)),
+        field(|s| s.pieces_fetched),
+        field(|s| s.pieces_fetched_resumed),
+        field(|s| s.pieces_failed),
+    )
+}
+
+async fn forever() {
+    loop {
+        compio::runtime::time::sleep(std::time::Duration::from_secs(3600)).await;
+    }
+}
