@@ -5,6 +5,8 @@
 //! sockets and disks. Built by the engine issue, module by module:
 //! - [`store`]: the on-disk piece store (content-addressed blobs, resumable downloads,
 //!   eviction).
+//! - [`tracker`]: the tracker client (announce, metainfo get/put, failover over a hash
+//!   ring of trackers) and tracker-protocol framing on compio sockets.
 //! - [`transport`]: one peer connection's byte plumbing (frames, piece payloads hashed as
 //!   they arrive, uploads by splice or copy).
 
@@ -15,6 +17,7 @@ mod engine;
 mod shard;
 pub mod stats;
 pub mod store;
+pub mod tracker;
 pub mod transport;
 
 pub use config::{Driver, EngineConfig};

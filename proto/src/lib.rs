@@ -14,6 +14,7 @@
 //! - [`swarm`]: the per-(blob, stripe) state machine: connections, piece picking, pipelining,
 //!   timeouts, endgame, blacklisting. Driven through `handle_*` and `poll_*`.
 //! - [`tracker`]: the tracker's handout policy (peer store with TTL, random samples).
+//! - [`tracker_wire`]: the peer ↔ tracker protocol over TCP (announce, metainfo get/put).
 //! - [`ring`]: rendezvous hashing for placing blobs on origins and trackers.
 //! - [`time`], [`rng`]: virtual time and the seeded generator.
 
@@ -25,6 +26,7 @@ pub mod rng;
 pub mod swarm;
 pub mod time;
 pub mod tracker;
+pub mod tracker_wire;
 pub mod types;
 pub mod wire;
 

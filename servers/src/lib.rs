@@ -1,6 +1,13 @@
 //! `shoal-servers`: the thin HTTP shims (agent, origin, tracker, build-index, proxy) over the
 //! engine, and the storage backends. The only crate that speaks HTTP.
 //!
-//! Built by the registry-front issue; today it only fixes the crate's place in the workspace.
+//! Layout:
+//! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
+//!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
+//!   later.
+//!
+//! The HTTP servers arrive with the registry-front issue.
 
 pub use shoal_engine as engine;
+
+pub mod tracker;
