@@ -1,5 +1,15 @@
 //! Downloads in progress: creating or resuming the directory, writing pieces with group
-//! commit, reading stored pieces, and completion.
+//! commit, reading stored pieces, waiting for pieces, and completion.
+//!
+//! # Waiting for pieces
+//!
+//! A reader that serves a blob while it downloads (the agent streaming to `docker pull`)
+//! waits for pieces with [`Download::wait_piece`]. Every download has one
+//! [`event_listener::Event`], shared by every shard's handle, notified (all listeners) after
+//! a commit sets bits in [`Bits::stored`], when the download completes, and when it is
+//! poisoned or ended with [`Download::fail`]. A waiter registers a listener, looks at the
+//! bits again, and only then awaits the listener, so a notification between its first look
+//! and its registration is never lost.
 
 use std::cell::RefCell;
 use std::fs;
@@ -35,6 +45,9 @@ pub(crate) struct DownloadShared {
     data_path: PathBuf,
     pieces_path: PathBuf,
     bits: Mutex<Bits>,
+    /// Notified (every listener) whenever `bits` changes in a way a waiter cares about: bits
+    /// set by a commit, completion, poisoning. See the module docs.
+    changed: event_listener::Event,
     /// Keeps the blob pinned (against eviction once complete) while any handle lives.
     _pin: Pin,
 }
@@ -56,7 +69,8 @@ enum Phase {
     Completing,
     /// The data is the blob at this path now.
     Completed(PathBuf),
-    /// An fsync failed (or the blob failed its digest): no more writes.
+    /// An fsync failed, the blob failed its digest, or the engine ended the download
+    /// ([`Download::fail`]): no more writes, and waiters for missing pieces get the reason.
     Poisoned(String),
 }
 
@@ -87,6 +101,7 @@ impl DownloadShared {
                 pieces_file,
                 phase: Phase::Active,
             }),
+            changed: event_listener::Event::new(),
             _pin: pin,
         })
     }
@@ -100,11 +115,64 @@ impl DownloadShared {
     }
 
     fn poison(&self, reason: String) {
-        let mut bits = lock(&self.bits);
-        if !matches!(bits.phase, Phase::Poisoned(_)) {
-            tracing::error!(digest = %self.metainfo.digest(), %reason, "download poisoned");
-            bits.phase = Phase::Poisoned(reason);
+        {
+            let mut bits = lock(&self.bits);
+            if !matches!(bits.phase, Phase::Poisoned(_)) {
+                tracing::error!(digest = %self.metainfo.digest(), %reason, "download poisoned");
+                bits.phase = Phase::Poisoned(reason);
+            }
         }
+        self.notify_waiters();
+    }
+
+    /// Wakes every task in [`DownloadShared::wait_piece`]; they look at the bits again.
+    fn notify_waiters(&self) {
+        self.changed.notify(usize::MAX);
+    }
+
+    /// `Ok(true)` if `piece` is stored, `Ok(false)` if it may still come, the error if it
+    /// never will. A stored piece stays readable after the download is poisoned: its bit
+    /// names durable, verified data.
+    fn piece_state(&self, piece: PieceIndex) -> Result<bool, StoreError> {
+        if !self.metainfo.contains_piece(piece) {
+            return Err(StoreError::PieceOutOfRange {
+                digest: self.digest(),
+                piece,
+                n_pieces: self.metainfo.n_pieces(),
+            });
+        }
+        let bits = lock(&self.bits);
+        if bits.stored.get(piece.0 as usize) {
+            return Ok(true);
+        }
+        match &bits.phase {
+            Phase::Poisoned(reason) => Err(self.poisoned_error(reason)),
+            Phase::Active | Phase::Completing | Phase::Completed(_) => Ok(false),
+        }
+    }
+
+    /// See [`Download::wait_piece`].
+    async fn wait_piece(&self, piece: PieceIndex) -> Result<(), StoreError> {
+        // Each turn either returns or awaits a notification that came after a look at the
+        // bits: the loop runs once per relevant change of the download, no more.
+        loop {
+            if self.piece_state(piece)? {
+                return Ok(());
+            }
+            let listener = self.changed.listen();
+            if self.piece_state(piece)? {
+                return Ok(());
+            }
+            listener.await;
+        }
+    }
+
+    /// See [`Download::fail`].
+    fn fail(&self, reason: String) {
+        if matches!(lock(&self.bits).phase, Phase::Completed(_)) {
+            return;
+        }
+        self.poison(reason);
     }
 
     fn poisoned_error(&self, reason: &str) -> StoreError {
@@ -135,6 +203,16 @@ impl DownloadHandle {
     pub fn n_stored(&self) -> u32 {
         // At most n_pieces, a u32.
         lock(&self.shared.bits).stored.count_ones() as u32
+    }
+
+    /// [`Download::wait_piece`], from any thread or runtime.
+    pub async fn wait_piece(&self, piece: PieceIndex) -> Result<(), StoreError> {
+        self.shared.wait_piece(piece).await
+    }
+
+    /// [`Download::fail`], from any thread or runtime.
+    pub fn fail(&self, reason: String) {
+        self.shared.fail(reason);
     }
 
     /// Opens this download on the current compio runtime: its own file descriptors and its
@@ -348,6 +426,31 @@ impl Download {
         lock(&self.local.shared.bits).stored.count_ones() as u32
     }
 
+    /// Resolves once `piece` is stored (durable and verified: readable with
+    /// [`Download::read_piece`]), at once if it already is. Fails with
+    /// [`StoreError::PieceOutOfRange`] for an index the blob does not have, and with
+    /// [`StoreError::Poisoned`] (carrying the reason) if the piece is missing and the
+    /// download is poisoned or was ended with [`Download::fail`]: it will never come. A piece
+    /// stored before the download was poisoned still resolves `Ok`.
+    ///
+    /// Wakes on any shard's commits (the wake-up is shared by every handle). Nothing else
+    /// ends the wait: if every writer gives up without calling [`Download::fail`], waiters
+    /// wait until they are dropped. Cancel-safe.
+    pub async fn wait_piece(&self, piece: PieceIndex) -> Result<(), StoreError> {
+        self.local.shared.wait_piece(piece).await
+    }
+
+    /// Ends the download for good (the engine gave up: disk full, no source left, shutting
+    /// the blob's swarm down): poisons it, so every later write and completion is refused,
+    /// and wakes every [`Download::wait_piece`] waiter of every shard, who get
+    /// [`StoreError::Poisoned`] with `reason` unless their piece is already stored. A no-op
+    /// on a completed download; a poisoned one keeps its first reason. The files stay: call
+    /// [`Store::discard_download`] once every handle is dropped to remove them (or begin the
+    /// download again to resume from what is stored).
+    pub fn fail(&self, reason: String) {
+        self.local.shared.fail(reason);
+    }
+
     /// Writes a piece whose SHA-256 the caller has already checked against the metainfo, and
     /// returns once it is durable and its bit persisted (see the module docs for the order
     /// and the group commit). The buffer comes back, for reuse.
@@ -475,14 +578,16 @@ impl Download {
             .sync_data()
             .await
             .context("fdatasync", &shared.data_path)?;
-        {
+        let written = {
             let mut bits = lock(&shared.bits);
             for &piece in batch {
                 bits.stored.set(piece as usize);
             }
             write_bitfield_bytes(&bits.stored, &bits.pieces_file, batch)
-                .context("pwrite", &shared.pieces_path)?;
-        }
+        };
+        // The data is durable: the pieces are readable whatever happens to the bitfield file.
+        shared.notify_waiters();
+        written.context("pwrite", &shared.pieces_path)?;
         if let Some(pieces) = &local.pieces {
             pieces
                 .sync_data()
@@ -553,6 +658,32 @@ impl Download {
         Ok((&self.local.data, metainfo.piece_offset(piece)))
     }
 
+    /// This handle's data file (the blob once completed: the descriptor survives the
+    /// rename) and the path it was opened as, for [`super::BlobStream`]. Read only stored
+    /// pieces from it.
+    pub(super) fn data_file(&self) -> (&compio::fs::File, &Path) {
+        (&self.local.data, &self.local.shared.data_path)
+    }
+
+    /// The end (a blob offset, at most `end`) of the run of stored pieces that starts with
+    /// `piece`, which must be stored: how far a read from inside `piece` may go without
+    /// touching a piece that is not.
+    pub(super) fn stored_run_end(&self, piece: PieceIndex, end: u64) -> u64 {
+        let metainfo = &self.local.shared.metainfo;
+        let end = end.min(metainfo.blob_len());
+        let bits = lock(&self.local.shared.bits);
+        debug_assert!(bits.stored.get(piece.0 as usize), "{piece} is not stored");
+        let mut run_end = metainfo.piece_offset(piece);
+        // At most one turn per piece of the blob.
+        for index in piece.0..metainfo.n_pieces() {
+            if run_end >= end || !bits.stored.get(index as usize) {
+                break;
+            }
+            run_end += u64::from(metainfo.piece_len_of(PieceIndex(index)));
+        }
+        run_end.min(end)
+    }
+
     /// Turns the finished download into a complete blob and returns its path: fsyncs `data`,
     /// checks the blob's digest (if configured), writes the metainfo sidecar, renames `data`
     /// into `blobs/` (same filesystem, atomic), fsyncs the directories, removes the download
@@ -587,6 +718,7 @@ impl Download {
         match self.install().await {
             Ok(path) => {
                 lock(&shared.bits).phase = Phase::Completed(path.clone());
+                shared.notify_waiters();
                 self.remove_download_dir().await;
                 tracing::info!(%digest, path = %path.display(), "blob complete");
                 Ok(path)

@@ -92,6 +92,20 @@ pub enum StoreError {
         capacity: usize,
     },
 
+    /// A byte range that is inverted or reaches past the end of the blob.
+    #[error("byte range {start}..{end} is not within {digest}, which is {blob_len} bytes")]
+    InvalidRange {
+        digest: Box<Digest>,
+        start: u64,
+        end: u64,
+        blob_len: u64,
+    },
+
+    /// A read buffer with no capacity where bytes remain to be read (an empty chunk would
+    /// look like the end of the range).
+    #[error("read buffer of zero capacity for {digest}")]
+    EmptyBuffer { digest: Box<Digest> },
+
     /// `complete` before every piece is stored.
     #[error("download of {digest} is incomplete: {have} of {n_pieces} pieces stored")]
     Incomplete {

@@ -75,6 +75,14 @@
 //! the lock. (The alternative, one bitfield file per stripe, would need the one-shard-per-
 //! stripe rule to hold for correctness; this way it only matters for speed.)
 //!
+//! # Streaming a blob while it downloads
+//!
+//! [`Download::wait_piece`] resolves once a piece is stored (its bit set in memory, step 3
+//! above: after the data fsync), woken by any shard's commit; [`Download::fail`] ends a
+//! download for good and wakes every waiter with the error. [`BlobStream`] builds on them: it
+//! reads a byte range in order, from a [`BlobFile`] or from a [`Download`], never handing out
+//! a byte of a piece that is not stored, and it keeps the blob pinned while it lives.
+//!
 //! # Start-up, eviction
 //!
 //! [`Store::open`] removes anything it cannot vouch for (the rules are on [`RecoveryReport`],
@@ -97,6 +105,7 @@ mod error;
 mod evict;
 mod layout;
 mod recovery;
+mod stream;
 mod sys;
 #[cfg(test)]
 mod tests;
@@ -117,6 +126,7 @@ pub use evict::{EvictReason, EvictedBlob, EvictionReport};
 pub use recovery::{
     DISCARDED_LISTED_MAX, DiscardReason, Discarded, RecoveryReport, ResumableDownload,
 };
+pub use stream::BlobStream;
 pub use sys::DiskUsage;
 
 use download::DownloadShared;

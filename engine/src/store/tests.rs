@@ -1438,3 +1438,5 @@ fn errors_name_the_blob_and_the_path() {
     assert!(message.contains("fdatasync /x/data"), "{message}");
     assert!(message.contains("Input/output error"), "{message}");
 }
+
+mod stream;
