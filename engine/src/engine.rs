@@ -428,7 +428,9 @@ impl Engine {
         let mut seed = [0u8; 8];
         seed.copy_from_slice(&random[20..]);
         let limiter = |limit: Option<u64>| match limit {
-            Some(bytes_per_s) => RateLimiter::new(bytes_per_s, limiter_burst(bytes_per_s)),
+            Some(bytes_per_s) => {
+                RateLimiter::new(bytes_per_s, crate::limit::default_burst_bytes(bytes_per_s))
+            }
             None => RateLimiter::unlimited(),
         };
         let mut senders = Vec::with_capacity(n_shards);
@@ -886,11 +888,6 @@ impl Engine {
             let _ = thread.join();
         }
     }
-}
-
-/// Burst of a bandwidth limit: a tenth of a second of traffic, at least 1 MiB.
-fn limiter_burst(bytes_per_s: u64) -> u64 {
-    (bytes_per_s / 10).max(1 << 20)
 }
 
 fn open_store(config: &EngineConfig) -> Result<Store, EngineError> {

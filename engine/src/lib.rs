@@ -14,6 +14,7 @@ pub use shoal_proto as proto;
 
 pub mod config;
 mod engine;
+pub mod limit;
 mod shard;
 pub mod stats;
 pub mod store;

@@ -164,7 +164,7 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(
         .open(digest, None)
         .await
         .map_err(|e| e.to_string())?;
-    let file = match &out {
+    let mut file = match &out {
         Some(path) => Some(
             compio::fs::File::create(path)
                 .await
@@ -181,8 +181,8 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(
             break;
         }
         let len = chunk.len() as u64;
-        buf = match &file {
-            Some(mut file) => {
+        buf = match &mut file {
+            Some(file) => {
                 let compio::BufResult(written, chunk) = file.write_all_at(chunk, offset).await;
                 written.map_err(|e| format!("writing the output: {e}"))?;
                 chunk

@@ -27,7 +27,7 @@ async fn unless_closed<F: Future>(slot: &ConnSlot, f: F) -> Option<F::Output> {
 
 /// Opens a connection to `peer`, which the swarm asked for.
 pub(crate) async fn dial(stripe: Rc<Stripe>, peer: PeerId) {
-    let engine = Rc::clone(&stripe.shard).engine.clone();
+    let engine = std::sync::Arc::clone(&stripe.shard.engine);
     let addr = stripe.io.addrs.borrow().get(&peer).copied();
     let permit = addr.and_then(|_| engine.try_conn_permit(Some(&stripe.io.shared)));
     let stream = match (addr, permit) {

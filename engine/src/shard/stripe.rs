@@ -125,14 +125,6 @@ impl Stripe {
         self.stopped.get()
     }
 
-    pub fn is_complete(&self) -> bool {
-        self.state.borrow().swarm.is_complete()
-    }
-
-    pub fn n_connections(&self) -> usize {
-        self.state.borrow().conns.len()
-    }
-
     /// Feeds one input to the swarm and drains its outputs. `f` gets the state (to register
     /// a connection in the same step as `handle_connected`) and the current time.
     pub fn input<R>(self: &Rc<Self>, f: impl FnOnce(&mut StripeState, Instant) -> R) -> R {
