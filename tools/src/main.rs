@@ -1,10 +1,12 @@
 //! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
 //! subcommands with the engine and servers; today it carries the operator tools that only
-//! need the protocol crate.
+//! need the protocol crate, and a minimal tracker (`shoal tracker`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io::{BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod peer;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
+use shoal_servers::tracker::{self, TrackerServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Shoal: a peer-to-peer OCI registry")]
@@ -41,6 +44,13 @@ enum Command {
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
+    /// Run a minimal tracker (one thread; every other setting at its default). Prints
+    /// `tracker listening on ADDR` once it accepts connections.
+    Tracker {
+        /// Address to listen on; port 0 picks a free port (see the printed address).
+        #[arg(long, default_value_t = tracker::LISTEN_DEFAULT)]
+        listen: SocketAddr,
+    },
 }
 
 /// Bytes read from a file per step when streaming a blob.
@@ -92,7 +102,33 @@ fn run(command: Command) -> Result<(), String> {
             print_metainfo(&metainfo);
             Ok(())
         }
+        Command::Tracker { listen } => run_tracker(listen),
     }
+}
+
+/// Runs the tracker until the process is killed (SIGTERM or SIGINT end it at once: it keeps
+/// nothing on disk).
+fn run_tracker(listen: SocketAddr) -> Result<(), String> {
+    let config = TrackerServerConfig {
+        listen,
+        ..TrackerServerConfig::default()
+    };
+    config.validate()?;
+    // A random seed for the handout samples (std's hasher keys come from the OS).
+    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = compio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+        println!("tracker listening on {bound}");
+        tracker::serve(listener, config, seed)
+            .await
+            .map_err(|e| format!("tracker: {e}"))
+    })
 }
 
 fn for_each_chunk(

@@ -117,3 +117,46 @@ fn wrong_digest_and_damaged_metainfo_are_clear_errors() {
     assert!(!stderr(&garbage).is_empty());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn tracker_prints_its_address_and_answers() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+
+    use shoal_proto::tracker_wire::{self, Request, Response};
+
+    let mut child = Command::new(binary("shoal"))
+        .args(["tracker", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let addr = line.strip_prefix("tracker listening on ").unwrap();
+
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut frame = Vec::new();
+    let digest = shoal_proto::Digest::sha256_of(b"nothing stored");
+    tracker_wire::encode_request(&Request::GetMetainfo { digest }, &mut frame);
+    stream.write_all(&frame).unwrap();
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    let response = loop {
+        if let Some((response, _)) = tracker_wire::parse_response(&reply).unwrap() {
+            break response;
+        }
+        assert_eq!(stream.read(&mut byte).unwrap(), 1, "tracker closed early");
+        reply.push(byte[0]);
+    };
+    assert_eq!(response, Response::NotFound);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn tracker_refuses_a_bad_listen_address() {
+    let output = run("shoal", &["tracker", "--listen", "not-an-address"]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("--listen"), "{}", stderr(&output));
+}
