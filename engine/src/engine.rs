@@ -293,6 +293,9 @@ fn increment_below(counter: &AtomicUsize, max: usize) -> bool {
         .is_ok()
 }
 
+/// A caller waiting for another caller's start of the same download (its error, as text).
+type StartWaiter = flume::Sender<Result<(), String>>;
+
 /// What every shard shares (`Send + Sync`).
 #[derive(Debug)]
 pub(crate) struct EngineShared {
@@ -312,7 +315,7 @@ pub(crate) struct EngineShared {
     /// Blobs in a swarm (downloading, seeding, or failed and being torn down).
     blobs: Mutex<HashMap<Digest, Arc<BlobShared>>>,
     /// Downloads being started, with the callers waiting for the first one's result.
-    starting: Mutex<HashMap<Digest, Vec<flume::Sender<Result<(), String>>>>>,
+    starting: Mutex<HashMap<Digest, Vec<StartWaiter>>>,
 }
 
 impl EngineShared {
@@ -672,9 +675,7 @@ impl Engine {
             self.fetch(digest).await?;
             if let Some(handle) = self.blob(digest).and_then(|b| b.download.clone()) {
                 let download = handle.open().await?;
-                let range = range
-                    .clone()
-                    .unwrap_or(0..download.metainfo().blob_len());
+                let range = range.clone().unwrap_or(0..download.metainfo().blob_len());
                 return Ok(BlobStream::from_download(download, range)?);
             }
         }
@@ -838,9 +839,7 @@ impl Engine {
                 let stored = if blob.is_complete() {
                     blob.metainfo.n_pieces()
                 } else {
-                    blob.download
-                        .as_ref()
-                        .map_or(0, DownloadHandle::n_stored)
+                    blob.download.as_ref().map_or(0, DownloadHandle::n_stored)
                 };
                 blob.status(stored)
             })

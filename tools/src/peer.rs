@@ -9,7 +9,7 @@ use std::time::Instant;
 use clap::{Args, Subcommand, ValueEnum};
 use compio::io::AsyncWriteAtExt;
 use shoal_engine::transport::UploadPath;
-use shoal_engine::{BlobStatus, Driver, Engine, EngineConfig};
+use shoal_engine::{BlobState, BlobStatus, Driver, Engine, EngineConfig};
 use shoal_proto::Digest;
 
 #[derive(Subcommand, Debug)]
@@ -142,13 +142,22 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             runtime.block_on(async {
                 let started = Instant::now();
                 let result = get(&engine, &digest, out).await;
+                let first_chunk_before_complete = matches!(result, Ok(true));
                 let seconds = started.elapsed().as_secs_f64();
                 let status = engine.status(&digest);
                 if let Err(error) = result {
                     engine.shutdown();
                     return Err(error);
                 }
-                println!("{}", status_json(&digest, status.as_ref(), seconds));
+                println!(
+                    "{}",
+                    status_json(
+                        &digest,
+                        status.as_ref(),
+                        seconds,
+                        first_chunk_before_complete
+                    )
+                );
                 if seed_after {
                     forever().await;
                 }
@@ -159,11 +168,10 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
     }
 }
 
-async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(), String> {
-    let mut stream = engine
-        .open(digest, None)
-        .await
-        .map_err(|e| e.to_string())?;
+/// Streams the blob (to `out` if given) and waits for its completion. `Ok(true)` if the
+/// first bytes arrived while the download was still running.
+async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<bool, String> {
+    let mut stream = engine.open(digest, None).await.map_err(|e| e.to_string())?;
     let mut file = match &out {
         Some(path) => Some(
             compio::fs::File::create(path)
@@ -174,11 +182,17 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(
     };
     let mut offset = 0u64;
     let mut buf = Vec::with_capacity(1 << 20);
+    let mut first_chunk_before_complete = false;
     loop {
         let (result, chunk) = stream.next_chunk(buf).await;
         result.map_err(|e| e.to_string())?;
         if chunk.is_empty() {
             break;
+        }
+        if offset == 0 {
+            first_chunk_before_complete = engine
+                .status(digest)
+                .is_some_and(|s| s.state == BlobState::Downloading);
         }
         let len = chunk.len() as u64;
         buf = match &mut file {
@@ -199,13 +213,19 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<(
     engine
         .wait_complete(digest)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(first_chunk_before_complete)
 }
 
-fn status_json(digest: &Digest, status: Option<&BlobStatus>, seconds: f64) -> String {
+fn status_json(
+    digest: &Digest,
+    status: Option<&BlobStatus>,
+    seconds: f64,
+    first_chunk_before_complete: bool,
+) -> String {
     let field = |f: fn(&BlobStatus) -> u64| status.map_or(0, f);
     format!(
-        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
+        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"first_chunk_before_complete\":{first_chunk_before_complete},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
         field(|s| u64::from(s.n_pieces)),
         field(|s| u64::from(s.pieces_resumed)),
         field(|s| s.pieces_fetched),

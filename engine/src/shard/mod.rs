@@ -351,7 +351,10 @@ impl Shard {
                     .await
                     .map_err(|e| e.to_string())?
                     .ok_or_else(|| format!("{} is not in the store", shared.digest))?;
-                (Source::Blob(blob), Bitfield::full(metainfo.n_pieces() as usize))
+                (
+                    Source::Blob(blob),
+                    Bitfield::full(metainfo.n_pieces() as usize),
+                )
             }
         };
         let io = Rc::new(BlobIo {

@@ -188,7 +188,9 @@ impl Stripe {
             CloseReason::ProtocolViolation(what) => {
                 tracing::warn!(digest = %self.io.shared.digest, ?peer, what, "closed: protocol violation");
             }
-            other => tracing::debug!(digest = %self.io.shared.digest, ?peer, reason = ?other, "connection closed"),
+            other => {
+                tracing::debug!(digest = %self.io.shared.digest, ?peer, reason = ?other, "connection closed")
+            }
         }
     }
 
