@@ -5,11 +5,14 @@
 //! sockets and disks. Built by the engine issue, module by module:
 //! - [`store`]: the on-disk piece store (content-addressed blobs, resumable downloads,
 //!   eviction).
+//! - [`limit`]: bandwidth limits, one process-wide token bucket per direction that every
+//!   shard draws from.
 //! - [`transport`]: one peer connection's byte plumbing (frames, piece payloads hashed as
 //!   they arrive, uploads by splice or copy).
 
 pub use shoal_proto as proto;
 
+pub mod limit;
 pub mod store;
 pub mod transport;
 
