@@ -334,6 +334,10 @@ fn a_stream_continues_across_completion() {
         let path = download.complete().await.unwrap();
         assert!(!data_path.exists(), "data was renamed");
         assert!(dir_entries(&dir.path().join("downloads")).is_empty());
+        // Failing a completed download changes nothing.
+        download.fail("too late".to_owned());
+        assert_eq!(download.complete().await.unwrap(), path);
+        download.wait_piece(PieceIndex(0)).await.unwrap();
         // Only this stream's handle is left: the stream still pins the blob.
         drop(download);
 
