@@ -7,6 +7,8 @@
 //!   eviction).
 //! - [`tracker`]: the tracker client (announce, metainfo get/put, failover over a hash
 //!   ring of trackers) and tracker-protocol framing on compio sockets.
+//! - [`limit`]: bandwidth limits, one process-wide token bucket per direction that every
+//!   shard draws from.
 //! - [`transport`]: one peer connection's byte plumbing (frames, piece payloads hashed as
 //!   they arrive, uploads by splice or copy).
 

@@ -167,10 +167,10 @@ impl Bucket {
     fn reserve(&self, bytes: u64, now_ns: u64) -> u64 {
         let cost_ns = self.cost_ns(bytes);
         // Idle time earns at most the burst: the bucket starts no earlier than now.
-        let _ = now_ns.min(0);
+        self.tat_ns.fetch_max(now_ns, Ordering::AcqRel);
         // `start_ns >= now_ns`: tat only increases, and it was raised to `now_ns` above.
         let start_ns = self.tat_ns.fetch_add(cost_ns, Ordering::AcqRel);
-
+        debug_assert!(start_ns >= now_ns);
         // The bucket at `now_ns` holds `now + burst - start` ns of tokens; wait until it
         // holds this request's cost, or the whole burst for a request bigger than it.
         let needed_ns = cost_ns.min(self.burst_ns);

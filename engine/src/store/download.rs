@@ -114,12 +114,18 @@ impl DownloadShared {
         Box::new(self.metainfo.digest())
     }
 
+    /// Stops the download for good, keeping the first reason. A completed download stays
+    /// completed (the check and the change are one critical section, so a completion racing
+    /// with [`Download::fail`] is never turned into a poisoned download whose data has moved).
     fn poison(&self, reason: String) {
         {
             let mut bits = lock(&self.bits);
-            if !matches!(bits.phase, Phase::Poisoned(_)) {
-                tracing::error!(digest = %self.metainfo.digest(), %reason, "download poisoned");
-                bits.phase = Phase::Poisoned(reason);
+            match bits.phase {
+                Phase::Active | Phase::Completing => {
+                    tracing::error!(digest = %self.metainfo.digest(), %reason, "download poisoned");
+                    bits.phase = Phase::Poisoned(reason);
+                }
+                Phase::Completed(_) | Phase::Poisoned(_) => {}
             }
         }
         self.notify_waiters();
@@ -169,9 +175,6 @@ impl DownloadShared {
 
     /// See [`Download::fail`].
     fn fail(&self, reason: String) {
-        if matches!(lock(&self.bits).phase, Phase::Completed(_)) {
-            return;
-        }
         self.poison(reason);
     }
 

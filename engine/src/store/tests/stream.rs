@@ -72,88 +72,95 @@ enum Event {
 /// writes the pieces out of order; its first bytes come before the last piece is written.
 #[test]
 fn a_stream_follows_a_download_written_out_of_order() {
-    run(async {
-        let dir = TempDir::new("stream-follow");
-        let (store, _) = open_store(dir.path(), test_config()).await;
-        let blob = TestBlob::new(12 * P as usize + 345, 80, 4);
-        let download = store.begin_download(&blob.metainfo).await.unwrap();
-        let mut stream =
-            BlobStream::from_download(download.clone(), 0..blob.data.len() as u64).unwrap();
-        assert_eq!(stream.remaining(), blob.data.len() as u64);
+    run(check_stream_follows_download());
+}
 
-        // Piece 0 comes early but not first; the writer holds back its last piece until the
-        // stream has handed out bytes (a stream that waited for the whole blob would keep it
-        // waiting: the timeout only turns that hang into a failed assertion below).
-        let mut order = shuffled(blob.n_pieces(), 81);
-        let zero = order.iter().position(|&index| index == 0).unwrap();
-        order.remove(zero);
-        order.insert(2, 0);
-        let last = *order.last().unwrap();
-        assert_ne!(last, 0);
+#[test]
+fn a_stream_follows_a_download_on_the_polling_driver() {
+    runtime(Some(DriverType::Poll)).block_on(check_stream_follows_download());
+}
 
-        let log = Rc::new(RefCell::new(Vec::new()));
-        let first_bytes = Rc::new((Cell::new(false), event_listener::Event::new()));
-        let writer = {
-            let (download, log, first_bytes) =
-                (download.clone(), Rc::clone(&log), Rc::clone(&first_bytes));
-            let pieces: Vec<(u32, Vec<u8>)> = order
-                .iter()
-                .map(|&index| (index, blob.piece(index)))
-                .collect();
-            compio::runtime::spawn(async move {
-                for (index, data) in pieces {
-                    if index == last {
-                        let listener = first_bytes.1.listen();
-                        if !first_bytes.0.get() {
-                            let _ = compio::time::timeout(Duration::from_secs(60), listener).await;
-                        }
+async fn check_stream_follows_download() {
+    let dir = TempDir::new("stream-follow");
+    let (store, _) = open_store(dir.path(), test_config()).await;
+    let blob = TestBlob::new(12 * P as usize + 345, 80, 4);
+    let download = store.begin_download(&blob.metainfo).await.unwrap();
+    let mut stream =
+        BlobStream::from_download(download.clone(), 0..blob.data.len() as u64).unwrap();
+    assert_eq!(stream.remaining(), blob.data.len() as u64);
+
+    // Piece 0 comes early but not first; the writer holds back its last piece until the
+    // stream has handed out bytes (a stream that waited for the whole blob would keep it
+    // waiting: the timeout only turns that hang into a failed assertion below).
+    let mut order = shuffled(blob.n_pieces(), 81);
+    let zero = order.iter().position(|&index| index == 0).unwrap();
+    order.remove(zero);
+    order.insert(2, 0);
+    let last = *order.last().unwrap();
+    assert_ne!(last, 0);
+
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let first_bytes = Rc::new((Cell::new(false), event_listener::Event::new()));
+    let writer = {
+        let (download, log, first_bytes) =
+            (download.clone(), Rc::clone(&log), Rc::clone(&first_bytes));
+        let pieces: Vec<(u32, Vec<u8>)> = order
+            .iter()
+            .map(|&index| (index, blob.piece(index)))
+            .collect();
+        compio::runtime::spawn(async move {
+            for (index, data) in pieces {
+                if index == last {
+                    let listener = first_bytes.1.listen();
+                    if !first_bytes.0.get() {
+                        let _ = compio::time::timeout(Duration::from_secs(60), listener).await;
                     }
-                    let (result, _) = download.write_piece(PieceIndex(index), data).await;
-                    result.unwrap();
-                    log.borrow_mut().push(Event::Written(index));
                 }
-            })
-        };
+                let (result, _) = download.write_piece(PieceIndex(index), data).await;
+                result.unwrap();
+                log.borrow_mut().push(Event::Written(index));
+            }
+        })
+    };
 
-        let mut out = Vec::new();
-        let mut buf = Vec::with_capacity(3 * P as usize);
-        for _ in 0..=blob.data.len() {
-            let (result, chunk) = stream.next_chunk(buf).await;
-            result.unwrap();
-            if chunk.is_empty() {
-                break;
-            }
-            assert_chunk_stored(&download, out.len() as u64, chunk.len());
-            log.borrow_mut().push(Event::Chunk {
-                offset: out.len() as u64,
-                len: chunk.len(),
-            });
-            if !first_bytes.0.replace(true) {
-                first_bytes.1.notify(usize::MAX);
-            }
-            out.extend_from_slice(&chunk);
-            buf = chunk;
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(3 * P as usize);
+    for _ in 0..=blob.data.len() {
+        let (result, chunk) = stream.next_chunk(buf).await;
+        result.unwrap();
+        if chunk.is_empty() {
+            break;
         }
-        writer.await.unwrap();
-        assert!(out == blob.data, "the stream yields exactly the blob");
-        assert_eq!(stream.remaining(), 0);
+        assert_chunk_stored(&download, out.len() as u64, chunk.len());
+        log.borrow_mut().push(Event::Chunk {
+            offset: out.len() as u64,
+            len: chunk.len(),
+        });
+        if !first_bytes.0.replace(true) {
+            first_bytes.1.notify(usize::MAX);
+        }
+        out.extend_from_slice(&chunk);
+        buf = chunk;
+    }
+    writer.await.unwrap();
+    assert!(out == blob.data, "the stream yields exactly the blob");
+    assert_eq!(stream.remaining(), 0);
 
-        let log = log.borrow().clone();
-        let first_chunk = log
-            .iter()
-            .position(|event| matches!(event, Event::Chunk { .. }))
-            .unwrap();
-        let last_written = log
-            .iter()
-            .position(|event| *event == Event::Written(last))
-            .unwrap();
-        assert!(
-            first_chunk < last_written,
-            "first bytes before the last piece: {log:?}"
-        );
-        assert!(matches!(log[first_chunk], Event::Chunk { offset: 0, .. }));
-        download.complete().await.unwrap();
-    });
+    let log = log.borrow().clone();
+    let first_chunk = log
+        .iter()
+        .position(|event| matches!(event, Event::Chunk { .. }))
+        .unwrap();
+    let last_written = log
+        .iter()
+        .position(|event| *event == Event::Written(last))
+        .unwrap();
+    assert!(
+        first_chunk < last_written,
+        "first bytes before the last piece: {log:?}"
+    );
+    assert!(matches!(log[first_chunk], Event::Chunk { offset: 0, .. }));
+    download.complete().await.unwrap();
 }
 
 /// A chunk stops at the first piece that is not stored, and continues once it is.
@@ -327,6 +334,10 @@ fn a_stream_continues_across_completion() {
         let path = download.complete().await.unwrap();
         assert!(!data_path.exists(), "data was renamed");
         assert!(dir_entries(&dir.path().join("downloads")).is_empty());
+        // Failing a completed download changes nothing.
+        download.fail("too late".to_owned());
+        assert_eq!(download.complete().await.unwrap(), path);
+        download.wait_piece(PieceIndex(0)).await.unwrap();
         // Only this stream's handle is left: the stream still pins the blob.
         drop(download);
 
