@@ -368,6 +368,25 @@ impl EngineShared {
         }
     }
 
+    /// Removes a dead download's directory once nothing holds it any more (readers may
+    /// still hold handles for a while): retried [`DISCARD_ATTEMPTS_MAX`] times, then left
+    /// to start-up recovery.
+    pub async fn discard_when_free(&self, digest: &Digest) {
+        for _ in 0..DISCARD_ATTEMPTS_MAX {
+            match self.store.discard_download(digest).await {
+                Ok(()) => return,
+                Err(StoreError::Busy { .. }) => {
+                    compio::runtime::time::sleep(DISCARD_RETRY_PAUSE).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%digest, %error, "could not remove a dead download");
+                    return;
+                }
+            }
+        }
+        tracing::warn!(%digest, "dead download still in use; start-up recovery will find it");
+    }
+
     /// Stops the blob's stripes on every shard and waits until each has dropped them.
     pub async fn stop_blob_everywhere(&self, shared: &Arc<BlobShared>) {
         let mut replies = Vec::new();
@@ -401,6 +420,10 @@ pub struct Engine {
     shared: Arc<EngineShared>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
+
+/// Rounds a `discard_download` is retried while readers still hold the download.
+const DISCARD_ATTEMPTS_MAX: u32 = 100;
+const DISCARD_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Bytes read from a file per step while ingesting it.
 const INGEST_READ_LEN: usize = 1 << 20;
@@ -817,6 +840,10 @@ impl Engine {
     pub async fn remove(&self, digest: &Digest) -> Result<(), EngineError> {
         if let Some(blob) = self.blob(digest) {
             blob.set_stopped();
+            if let Some(download) = &blob.download {
+                // Readers waiting for pieces get an error instead of waiting for ever.
+                download.fail(format!("{digest} was removed"));
+            }
             self.shared.stop_blob_everywhere(&blob).await;
         }
         match self.shared.store.remove_blob(digest).await {
@@ -824,10 +851,8 @@ impl Engine {
             Err(StoreError::Busy { .. }) => {}
             Err(error) => return Err(error.into()),
         }
-        match self.shared.store.discard_download(digest).await {
-            Ok(()) | Err(StoreError::Busy { .. }) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        self.shared.discard_when_free(digest).await;
+        Ok(())
     }
 
     /// Every blob in a swarm, then every other blob of the cache.
@@ -878,6 +903,9 @@ impl Engine {
     pub fn shutdown(&self) {
         for blob in lock(&self.shared.blobs).values() {
             blob.set_stopped();
+            if let Some(download) = &blob.download {
+                download.fail("the engine shut down".to_owned());
+            }
         }
         for sender in &self.shared.senders {
             let _ = sender.send(Command::Shutdown);

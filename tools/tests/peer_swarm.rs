@@ -326,7 +326,7 @@ fn killed_download_resumes_without_refetching_stored_pieces() {
     getter.kill(); // SIGKILL
     let stored_before = count_ones(&pieces);
     assert!(
-        stored_before >= 16 && stored_before < 128,
+        (16..128).contains(&stored_before),
         "{stored_before}"
     );
     seeder.kill();

@@ -157,9 +157,6 @@ pub(crate) struct Shard {
 /// Pause after a failed `accept` (out of file descriptors, for instance) before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Rounds a failed `discard_download` is retried while readers still hold the download.
-const DISCARD_ATTEMPTS_MAX: u32 = 100;
-const DISCARD_RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl Shard {
     pub fn new(id: usize, engine: Arc<EngineShared>) -> Shard {
@@ -466,19 +463,7 @@ impl Shard {
         let shared = Arc::clone(shared);
         compio::runtime::spawn(async move {
             engine.stop_blob_everywhere(&shared).await;
-            for _ in 0..DISCARD_ATTEMPTS_MAX {
-                match engine.store.discard_download(&shared.digest).await {
-                    Ok(()) => return,
-                    Err(crate::store::StoreError::Busy { .. }) => {
-                        compio::runtime::time::sleep(DISCARD_RETRY_PAUSE).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(digest = %shared.digest, %error, "could not remove a failed download");
-                        return;
-                    }
-                }
-            }
-            tracing::warn!(digest = %shared.digest, "failed download still in use; start-up recovery will remove it");
+            engine.discard_when_free(&shared.digest).await;
         })
         .detach();
     }
