@@ -14,6 +14,8 @@
 //! - [`flows`]: the bandwidth model (piece payloads sharing up- and downlinks).
 //! - [`sim`]: the driver: hosts, connections, timers, the network model (see its docs).
 //! - [`report`]: completion percentiles, efficiency, origin load, the simulator's own cost.
+//! - [`procs`]: real `shoal` processes for benchmarks and end-to-end tests (guards that kill
+//!   on drop, bounded waits, `/proc` CPU and memory figures).
 //!
 //! The binary runs one topology and prints its figures (the last line is one JSON object
 //! with `--json`):
@@ -27,6 +29,7 @@
 
 pub mod flows;
 pub mod geometry;
+pub mod procs;
 pub mod queue;
 pub mod report;
 pub mod sim;

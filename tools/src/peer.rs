@@ -37,6 +37,10 @@ pub enum PeerCommand {
         /// Keep seeding after the download, until killed.
         #[arg(long)]
         seed_after: bool,
+        /// Do not read the blob back while it downloads (only fetch it into the store): for
+        /// measuring the swarm alone.
+        #[arg(long, conflicts_with = "out")]
+        no_stream: bool,
         digest: String,
     },
 }
@@ -68,6 +72,11 @@ pub struct EngineArgs {
     /// Ingress limit for piece downloads, bytes per second.
     #[arg(long)]
     ingress_limit: Option<u64>,
+    /// Skip re-hashing a downloaded blob against its digest at completion (every piece is
+    /// still checked against the metainfo's SHA-256 as it arrives; this only stops guarding
+    /// against a metainfo that does not describe its digest). Saves one SHA-256 pass.
+    #[arg(long)]
+    no_verify_digest: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -103,6 +112,7 @@ impl EngineArgs {
         };
         config.egress_bytes_per_s = self.egress_limit;
         config.ingress_bytes_per_s = self.ingress_limit;
+        config.store.verify_digest_on_complete = !self.no_verify_digest;
         config
     }
 }
@@ -134,6 +144,7 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             engine,
             out,
             seed_after,
+            no_stream,
             digest,
         } => {
             let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
@@ -141,7 +152,11 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             println!("listening {}", engine.listen_addr());
             runtime.block_on(async {
                 let started = Instant::now();
-                let result = get(&engine, &digest, out).await;
+                let result = if no_stream {
+                    fetch_only(&engine, &digest).await
+                } else {
+                    get(&engine, &digest, out).await
+                };
                 let first_chunk_before_complete = matches!(result, Ok(true));
                 let seconds = started.elapsed().as_secs_f64();
                 let status = engine.status(&digest);
@@ -166,6 +181,16 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             })
         }
     }
+}
+
+/// Fetches the blob into the store without reading it.
+async fn fetch_only(engine: &Engine, digest: &Digest) -> Result<bool, String> {
+    engine.fetch(digest).await.map_err(|e| e.to_string())?;
+    engine
+        .wait_complete(digest)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(false)
 }
 
 /// Streams the blob (to `out` if given) and waits for its completion. `Ok(true)` if the

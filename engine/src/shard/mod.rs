@@ -157,7 +157,6 @@ pub(crate) struct Shard {
 /// Pause after a failed `accept` (out of file descriptors, for instance) before the next.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-
 impl Shard {
     pub fn new(id: usize, engine: Arc<EngineShared>) -> Shard {
         let budget = engine.config.receive_buffer_bytes_per_shard;

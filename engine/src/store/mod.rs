@@ -51,7 +51,7 @@
 //! data), and many concurrent writers — the normal case, with requests pipelined on several
 //! connections — share them. Nothing waits for a batch to fill, so no latency is added.
 //!
-//! Measured with `examples/store_write_bench.rs` (512 MiB blob, 1 MiB pieces, io_uring, the
+//! Measured with `perf/src/bin/store_write_bench.rs` (512 MiB blob, 1 MiB pieces, io_uring, the
 //! 2-core development machine, ext4 on a virtual disk; noisy, orders of magnitude): one writer
 //! 10 ms per piece (≈ 100 MiB/s: two journal commits per piece, the data fsync converting
 //! preallocated extents), 4 writers ≈ 200 MiB/s, 16 writers ≈ 1 GB/s; on tmpfs 3.6–5 GB/s

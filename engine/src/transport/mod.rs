@@ -55,7 +55,7 @@
 //! polling driver (where io_uring is forbidden) splice from a regular file fails with EPERM,
 //! so a writer made on that driver uses Copy whatever was asked; [`PeerWriter::upload_path`]
 //! says which path is in effect. Which path wins is measured by
-//! `examples/transport_bench.rs`.
+//! `perf/src/bin/transport_bench.rs`.
 //!
 //! [`Message`]: shoal_proto::wire::Message
 //! [`Message::Piece`]: shoal_proto::wire::Message::Piece

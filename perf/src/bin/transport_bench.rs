@@ -17,7 +17,7 @@
 //! Modes run interleaved, `ROUNDS` times; the table shows the median of each column.
 //!
 //! ```text
-//! cargo run --release -p shoal-engine --example transport_bench -- [DIR] [BLOB_MIB] [PIECE_MIB] [ROUNDS]
+//! cargo run --release -p shoal-perf --bin transport_bench -- [DIR] [BLOB_MIB] [PIECE_MIB] [ROUNDS]
 //! ```
 //!
 //! Defaults: `/dev/shm`, 1024 MiB, 4 MiB, 3 rounds. Note that on loopback the kernel's TCP

@@ -6,7 +6,7 @@
 //! fdatasyncs; with more, the group commit shares them.
 //!
 //! ```text
-//! cargo run --release -p shoal-engine --example store_write_bench -- DIR [BLOB_MIB] [PIECE_KIB]
+//! cargo run --release -p shoal-perf --bin store_write_bench -- DIR [BLOB_MIB] [PIECE_KIB]
 //! ```
 //!
 //! DIR is the filesystem to measure (a fresh subdirectory is used and removed). Every piece

@@ -1,0 +1,367 @@
+//! Running real `shoal` processes from benchmarks and tests: a process guard that kills on
+//! drop and hands over stdout line by line, scratch directories, test data, and what
+//! `/proc` says about a process (CPU time, peak memory).
+//!
+//! Every wait is bounded by the caller's limit; every process and directory goes away when
+//! its guard drops, also when the caller panics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+
+/// A scratch directory under /dev/shm (tmpfs: many processes writing at once do not queue
+/// behind one disk) or the temporary directory; removed on drop.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> std::io::Result<Scratch> {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("shoal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running process; killed (SIGKILL) on drop. Its stdout lines arrive on a channel; its
+/// stderr goes to a file.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    /// Starts `program args`, stderr into `stderr_path`, with `envs` set.
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        stderr_path: PathBuf,
+    ) -> std::io::Result<Proc> {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_path)?);
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        let mut child = command.spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            lines,
+            stderr: stderr_path,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr_path(&self) -> &Path {
+        &self.stderr
+    }
+
+    /// The next stdout line starting with `prefix` (others are skipped), waiting at most
+    /// `wait_max`. The error names the process and quotes the end of its stderr.
+    pub fn line_starting(&mut self, prefix: &str, wait_max: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + wait_max;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(format!(
+                        "{}: no line starting with {prefix:?} (exit: {:?}); stderr:\n{}",
+                        self.name,
+                        self.child.try_wait(),
+                        self.stderr_tail(30)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits at most `wait_max` for the process to exit; `Some(success)`, or `None` if it
+    /// is still running.
+    pub fn wait_exit(&mut self, wait_max: Duration) -> Option<bool> {
+        let deadline = Instant::now() + wait_max;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The last `n` lines of its stderr.
+    pub fn stderr_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// User + system CPU seconds of the process so far (every thread, io_uring workers
+    /// included).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        cpu_seconds(self.pid())
+    }
+
+    /// Peak resident memory (`VmHWM`) in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        peak_rss_bytes(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// User + system CPU seconds of process `pid`, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = rustix::param::clock_ticks_per_second() as f64;
+    let field = |i: usize| fields.get(i - 3)?.parse::<f64>().ok();
+    Some((field(14)? + field(15)?) / ticks)
+}
+
+/// `VmHWM` of process `pid` in bytes, from `/proc/<pid>/status`.
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Writes `len` pseudo-random bytes (xorshift from `seed`) to `path`.
+pub fn random_file(path: &Path, len: u64, seed: u64) -> std::io::Result<()> {
+    let mut state = seed | 1;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        file.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    file.flush()
+}
+
+/// `sha256:<hex>` of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(format!(
+        "sha256:{}",
+        shoal_proto::types::hex(&hasher.finalize())
+    ))
+}
+
+/// Where a store keeps the complete blob `digest` (`sha256:<hex>`).
+pub fn cached_blob_path(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    data_dir
+        .join("blobs/sha256")
+        .join(hex.get(..2).unwrap_or(""))
+        .join(hex)
+}
+
+/// Where a store keeps the persisted piece bitfield of a download in progress.
+pub fn pieces_file_path(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    data_dir
+        .join("downloads")
+        .join(format!("sha256-{hex}"))
+        .join("pieces")
+}
+
+/// Starts `shoal` processes: a tracker, seeders, getters (`shoal peer …`).
+#[derive(Debug, Clone)]
+pub struct Shoal {
+    /// The `shoal` binary.
+    pub binary: PathBuf,
+    /// Longest wait for any line of output (a start-up, a whole download).
+    pub wait_max: Duration,
+    /// `SHOAL_LOG` for every process.
+    pub log: String,
+    /// Run under `taskset -c <cpus>`.
+    pub cpus: Option<String>,
+}
+
+impl Shoal {
+    pub fn new(binary: PathBuf) -> Shoal {
+        Shoal {
+            binary,
+            wait_max: Duration::from_secs(180),
+            log: "info".to_owned(),
+            cpus: None,
+        }
+    }
+
+    /// The same, pinned to `cpus` (a `taskset -c` list).
+    pub fn on_cpus(&self, cpus: &str) -> Shoal {
+        Shoal {
+            cpus: Some(cpus.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    fn start(&self, name: &str, args: &[&str], scratch: &Scratch) -> Result<Proc, String> {
+        let stderr = scratch.path(&format!("{name}.stderr"));
+        let envs = [("SHOAL_LOG", self.log.as_str())];
+        let started = match &self.cpus {
+            None => Proc::start(name, &self.binary, args, &envs, stderr),
+            Some(cpus) => {
+                let binary = self.binary.to_string_lossy();
+                let mut wrapped = vec!["-c", cpus, &*binary];
+                wrapped.extend_from_slice(args);
+                Proc::start(name, Path::new("taskset"), &wrapped, &envs, stderr)
+            }
+        };
+        started.map_err(|e| format!("starting {name}: {e}"))
+    }
+
+    /// `shoal tracker` on an ephemeral loopback port; returns it and its address.
+    pub fn tracker(&self, scratch: &Scratch) -> Result<(Proc, String), String> {
+        let mut tracker =
+            self.start("tracker", &["tracker", "--listen", "127.0.0.1:0"], scratch)?;
+        let line = tracker.line_starting("tracker listening on ", self.wait_max)?;
+        let addr = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        Ok((tracker, addr))
+    }
+
+    /// `shoal peer seed` of `file` with its store in `scratch/<name>`; returns it and the
+    /// blob's digest once it seeds.
+    pub fn seeder(
+        &self,
+        name: &str,
+        scratch: &Scratch,
+        tracker: &str,
+        file: &Path,
+        extra: &[&str],
+    ) -> Result<(Proc, String), String> {
+        let data = scratch.path(name);
+        let data = data.to_string_lossy();
+        let file = file.to_string_lossy();
+        let mut args = vec![
+            "peer",
+            "seed",
+            "--data-dir",
+            &*data,
+            "--tracker",
+            tracker,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&*file);
+        let mut seeder = self.start(name, &args, scratch)?;
+        let line = seeder.line_starting("seeding ", self.wait_max)?;
+        let digest = line.split(' ').nth(1).unwrap_or_default().to_owned();
+        Ok((seeder, digest))
+    }
+
+    /// `shoal peer get` of `digest` with its store in `scratch/<name>`.
+    pub fn getter(
+        &self,
+        name: &str,
+        scratch: &Scratch,
+        tracker: &str,
+        digest: &str,
+        extra: &[&str],
+    ) -> Result<Proc, String> {
+        let data = scratch.path(name);
+        let data = data.to_string_lossy();
+        let mut args = vec![
+            "peer",
+            "get",
+            "--data-dir",
+            &*data,
+            "--tracker",
+            tracker,
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        args.push(digest);
+        self.start(name, &args, scratch)
+    }
+
+    /// The JSON object a getter prints when its blob is complete.
+    pub fn completion(&self, getter: &mut Proc) -> Result<serde_json::Value, String> {
+        let line = getter.line_starting("{", self.wait_max)?;
+        serde_json::from_str(&line).map_err(|e| format!("{line}: {e}"))
+    }
+}
