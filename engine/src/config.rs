@@ -90,10 +90,7 @@ impl EngineConfig {
             trackers,
             tracker_timeout: Duration::from_secs(2),
             is_origin: false,
-            swarm: SwarmConfig {
-                requests_per_connection_max: 1,
-                ..SwarmConfig::default()
-            },
+            swarm: SwarmConfig::default(),
             connections_max: 1024,
             connections_per_blob_max: 256,
             egress_bytes_per_s: None,
