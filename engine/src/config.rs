@@ -157,3 +157,42 @@ impl EngineConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::EngineConfig;
+
+    fn config() -> EngineConfig {
+        EngineConfig::new("/nonexistent", vec!["127.0.0.1:7100".parse().unwrap()])
+    }
+
+    #[test]
+    fn defaults_and_the_origin_variant_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+        assert_eq!(config().into_origin().validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let check = |tweak: fn(&mut EngineConfig), field: &str| {
+            let mut config = config();
+            tweak(&mut config);
+            let error = config.validate().unwrap_err();
+            assert!(error.contains(field), "{error} should name {field}");
+        };
+        check(|c| c.trackers.clear(), "trackers");
+        check(|c| c.shards = 100_000, "shards");
+        check(|c| c.connections_max = 0, "connections_max");
+        check(
+            |c| c.connections_per_blob_max = 2000,
+            "connections_per_blob_max",
+        );
+        check(|c| c.egress_bytes_per_s = Some(0), "egress_bytes_per_s");
+        check(
+            |c| c.receive_buffer_bytes_per_shard = 0,
+            "receive_buffer_bytes_per_shard",
+        );
+        check(|c| c.is_origin = true, "is_origin");
+        check(|c| c.swarm.connections_max = 0, "connections_max");
+    }
+}

@@ -834,9 +834,10 @@ impl Engine {
         self.launch(blob, SourceHandle::Blob).await
     }
 
-    /// Leaves the blob's swarm and deletes it from this host (complete or not). Readers
-    /// already open keep their bytes; the files go once the last one is dropped (or at the
-    /// next start-up).
+    /// Leaves the blob's swarm and deletes it from this host (complete or not). Readers of a
+    /// complete blob keep reading; readers of a download get an error for the bytes that had
+    /// not arrived. A download's files go once the last reader is dropped (within about ten
+    /// seconds; otherwise start-up recovery finds them).
     pub async fn remove(&self, digest: &Digest) -> Result<(), EngineError> {
         if let Some(blob) = self.blob(digest) {
             blob.set_stopped();
@@ -851,7 +852,14 @@ impl Engine {
             Err(StoreError::Busy { .. }) => {}
             Err(error) => return Err(error.into()),
         }
-        self.shared.discard_when_free(digest).await;
+        // Readers may still hold the download: remove its files once they let go, in the
+        // background (on shard 0).
+        let engine = Arc::clone(&self.shared);
+        let digest = *digest;
+        let command = Command::Run(Box::new(move |_shard| {
+            compio::runtime::spawn(async move { engine.discard_when_free(&digest).await }).detach();
+        }));
+        let _ = self.shared.senders[0].send_async(command).await;
         Ok(())
     }
 

@@ -472,3 +472,39 @@ impl Shard {
 pub(crate) fn owner_of(stripe: StripeIndex, n_shards: usize) -> usize {
     stripe.0 as usize % n_shards
 }
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::ByteBudget;
+
+    #[test]
+    fn the_receive_budget_bounds_bytes_held_and_grants_an_oversized_buffer_alone() {
+        crate::test_runtime::run(async {
+            let budget = Rc::new(ByteBudget::new(10));
+            let a = budget.acquire(6).await;
+            let b = budget.acquire(4).await;
+            assert_eq!(budget.used.get(), 10);
+            // A third waits until room is given back.
+            let waiter = {
+                let budget = Rc::clone(&budget);
+                compio::runtime::spawn(async move {
+                    let _c = budget.acquire(5).await;
+                    budget.used.get()
+                })
+            };
+            compio::runtime::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(!waiter.is_finished(), "granted past the budget");
+            drop(a);
+            assert_eq!(waiter.await.unwrap(), 9);
+            drop(b);
+            assert_eq!(budget.used.get(), 0);
+            // Larger than the whole budget: granted when nothing else is held.
+            let big = budget.acquire(25).await;
+            assert_eq!(budget.used.get(), 25);
+            drop(big);
+            assert_eq!(budget.used.get(), 0);
+        });
+    }
+}

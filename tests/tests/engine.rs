@@ -1,0 +1,248 @@
+//! The engine's API in one process: two or three `Engine`s (each with its own shards and
+//! store) and a real tracker server, over loopback. The multi-process swarm tests (real
+//! `shoal` processes, SIGKILL, disk full) are in `tools/tests/peer_swarm.rs`.
+
+#![allow(clippy::unwrap_used)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shoal_engine::{BlobState, Driver, Engine, EngineConfig, EngineError};
+use shoal_proto::Digest;
+use shoal_servers::tracker::{TrackerServerConfig, serve};
+
+fn run<F: Future>(body: F) -> F::Output {
+    compio::runtime::Runtime::new().unwrap().block_on(body)
+}
+
+/// A real tracker on its own thread and runtime, for the whole test process.
+fn tracker() -> SocketAddr {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        run(async move {
+            let listener = compio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            sender.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, TrackerServerConfig::default(), 7)
+                .await
+                .unwrap();
+        });
+    });
+    receiver.recv().unwrap()
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("shoal-engine-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn engine(
+    dir: &Path,
+    name: &str,
+    tracker: SocketAddr,
+    tweak: impl FnOnce(&mut EngineConfig),
+) -> Engine {
+    let mut config = EngineConfig::new(dir.join(name), vec![tracker]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.shards = 2;
+    config.pin_threads = false;
+    tweak(&mut config);
+    Engine::start(config).unwrap()
+}
+
+fn blob_file(dir: &Path, len: usize, seed: u8) -> (PathBuf, Vec<u8>) {
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect();
+    let path = dir.join(format!("blob-{seed}"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path, bytes)
+}
+
+/// Reads a whole stream.
+async fn read_all(mut stream: shoal_engine::store::BlobStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = Vec::with_capacity(256 * 1024);
+    loop {
+        let (result, chunk) = stream.next_chunk(buf).await;
+        result.unwrap();
+        if chunk.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&chunk);
+        buf = chunk;
+    }
+}
+
+#[test]
+fn a_range_read_through_a_running_download_is_exact() {
+    let dir = Dir::new("range");
+    let tracker = tracker();
+    // 20 MiB in 1 MiB pieces: one stripe.
+    let (path, bytes) = blob_file(&dir.0, 20 << 20, 1);
+    let seeder = engine(&dir.0, "seeder", tracker, |_| {});
+    let getter = engine(&dir.0, "getter", tracker, |_| {});
+    run(async {
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        // Starts mid-piece, ends mid-piece.
+        let range = (3 << 20) + 12_345..(17 << 20) + 99;
+        let stream = getter.open(&digest, Some(range.clone())).await.unwrap();
+        let read = read_all(stream).await;
+        assert_eq!(read, bytes[range.start as usize..range.end as usize]);
+        getter.wait_complete(&digest).await.unwrap();
+        let whole = read_all(getter.open(&digest, None).await.unwrap()).await;
+        assert_eq!(whole, bytes);
+        let status = getter.status(&digest).unwrap();
+        assert_eq!(status.state, BlobState::Seeding);
+        assert_eq!(status.pieces_stored, status.n_pieces);
+        assert_eq!(status.pieces_failed, 0);
+        let stats = getter.stats();
+        assert_eq!(stats.shards.len(), 2);
+        assert!(stats.total.pieces_verified >= u64::from(status.n_pieces));
+        assert!(stats.total.bytes_in_from_agents >= bytes.len() as u64);
+        assert!(seeder.stats().total.bytes_out_to_agents >= bytes.len() as u64);
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
+
+#[test]
+fn a_blob_of_several_stripes_uses_every_shard() {
+    let dir = Dir::new("stripes");
+    let tracker = tracker();
+    // 1 MiB pieces, 512 per stripe: just over one stripe makes two, one per shard.
+    let (path, bytes) = blob_file(&dir.0, (512 << 20) + (3 << 20), 2);
+    let seeder = engine(&dir.0, "seeder", tracker, |_| {});
+    let getter = engine(&dir.0, "getter", tracker, |c| c.driver = Driver::Poll);
+    run(async {
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        getter.fetch(&digest).await.unwrap();
+        getter.wait_complete(&digest).await.unwrap();
+        let read = read_all(getter.open(&digest, None).await.unwrap()).await;
+        assert!(read == bytes, "copy differs");
+        let stats = getter.stats();
+        assert!(
+            stats.shards.iter().all(|s| s.pieces_verified > 0),
+            "a shard stored nothing: {stats:?}"
+        );
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
+
+#[test]
+fn unknown_digest_is_not_found_and_removal_wakes_readers() {
+    let dir = Dir::new("remove");
+    let tracker = tracker();
+    let (path, bytes) = blob_file(&dir.0, 8 << 20, 3);
+    // The seeder sends 1 MiB/s: the reader is still waiting when the blob is removed.
+    let seeder = engine(&dir.0, "seeder", tracker, |c| {
+        c.egress_bytes_per_s = Some(1 << 20);
+    });
+    let getter = engine(&dir.0, "getter", tracker, |_| {});
+    run(async {
+        let unknown = Digest::sha256_of(b"nobody has this");
+        match getter.open(&unknown, None).await {
+            Err(EngineError::NotFound { .. }) => {}
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("opened a blob nobody has"),
+        }
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        let mut stream = getter.open(&digest, None).await.unwrap();
+        let (first, buf) = stream.next_chunk(Vec::with_capacity(1 << 20)).await;
+        first.unwrap();
+        assert_eq!(buf[..], bytes[..buf.len()]);
+        getter.remove(&digest).await.unwrap();
+        // Read on: the rest never arrives, and the reader is told why.
+        let mut buf = buf;
+        let error = loop {
+            let (result, chunk) = stream.next_chunk(buf).await;
+            if let Err(error) = result {
+                break error;
+            }
+            assert!(!chunk.is_empty(), "the removed blob completed");
+            buf = chunk;
+        };
+        assert!(error.to_string().contains("removed"), "{error}");
+        drop(stream);
+        assert!(getter.status(&digest).is_none());
+        // Its download directory goes once the reader let go (bounded wait).
+        let downloads = dir.0.join("getter/downloads");
+        let mut left = usize::MAX;
+        for _ in 0..500 {
+            left = std::fs::read_dir(&downloads).unwrap().count();
+            if left == 0 {
+                break;
+            }
+            compio::runtime::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(left, 0, "the removed download's directory stayed");
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
+
+#[test]
+fn the_per_blob_connection_limit_holds() {
+    let dir = Dir::new("limit");
+    let tracker = tracker();
+    let (path, bytes) = blob_file(&dir.0, 4 << 20, 4);
+    // The seeder takes one connection for its blob: of two getters, one is refused until
+    // the other is done, and both still finish (the refused one retries).
+    let seeder = engine(&dir.0, "seeder", tracker, |c| {
+        c.connections_per_blob_max = 1;
+        c.egress_bytes_per_s = Some(8 << 20);
+    });
+    let getters = [
+        engine(&dir.0, "getter0", tracker, |_| {}),
+        engine(&dir.0, "getter1", tracker, |_| {}),
+    ];
+    run(async {
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        for getter in &getters {
+            getter.fetch(&digest).await.unwrap();
+        }
+        let mut max_seen = 0;
+        for _ in 0..2000 {
+            let connections = seeder.status(&digest).unwrap().connections;
+            max_seen = max_seen.max(connections);
+            if getters.iter().all(|g| g.store().has_blob(&digest)) {
+                break;
+            }
+            compio::runtime::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(max_seen <= 1, "{max_seen} connections for the blob");
+        for getter in &getters {
+            getter.wait_complete(&digest).await.unwrap();
+            let read = read_all(getter.open(&digest, None).await.unwrap()).await;
+            assert!(read == bytes);
+        }
+    });
+    for getter in &getters {
+        getter.shutdown();
+    }
+    seeder.shutdown();
+}
