@@ -155,10 +155,11 @@ fn a_blob_of_several_stripes_uses_every_shard() {
 fn unknown_digest_is_not_found_and_removal_wakes_readers() {
     let dir = Dir::new("remove");
     let tracker = tracker();
-    let (path, bytes) = blob_file(&dir.0, 8 << 20, 3);
-    // The seeder sends 1 MiB/s: the reader is still waiting when the blob is removed.
+    let (path, bytes) = blob_file(&dir.0, 16 << 20, 3);
+    // The seeder sends its first piece at once (the limiter's 1 MiB burst), then 64 KiB/s:
+    // a piece every 16 s, so the reader is still waiting when the blob is removed.
     let seeder = engine(&dir.0, "seeder", tracker, |c| {
-        c.egress_bytes_per_s = Some(1 << 20);
+        c.egress_bytes_per_s = Some(64 << 10);
     });
     let getter = engine(&dir.0, "getter", tracker, |_| {});
     run(async {
@@ -171,20 +172,29 @@ fn unknown_digest_is_not_found_and_removal_wakes_readers() {
         let digest = seeder.ingest_file(&path, None).await.unwrap();
         seeder.seed(&digest).await.unwrap();
         let mut stream = getter.open(&digest, None).await.unwrap();
-        let (first, buf) = stream.next_chunk(Vec::with_capacity(1 << 20)).await;
-        first.unwrap();
-        assert_eq!(buf[..], bytes[..buf.len()]);
+        // Remove it once some piece (whichever came first) is stored.
+        for _ in 0..3000 {
+            if getter.status(&digest).unwrap().pieces_stored > 0 {
+                break;
+            }
+            compio::runtime::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(getter.status(&digest).unwrap().pieces_stored > 0);
         getter.remove(&digest).await.unwrap();
-        // Read on: the rest never arrives, and the reader is told why.
-        let mut buf = buf;
+        // Read: whatever had arrived in order comes out right, then the reader is told why
+        // the rest never will.
+        let mut read = Vec::new();
+        let mut buf = Vec::with_capacity(1 << 20);
         let error = loop {
             let (result, chunk) = stream.next_chunk(buf).await;
             if let Err(error) = result {
                 break error;
             }
             assert!(!chunk.is_empty(), "the removed blob completed");
+            read.extend_from_slice(&chunk);
             buf = chunk;
         };
+        assert_eq!(read[..], bytes[..read.len()]);
         assert!(error.to_string().contains("removed"), "{error}");
         drop(stream);
         assert!(getter.status(&digest).is_none());

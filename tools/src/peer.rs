@@ -157,7 +157,7 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
                 } else {
                     get(&engine, &digest, out).await
                 };
-                let first_chunk_before_complete = matches!(result, Ok(true));
+                let streamed = result.as_ref().ok().copied().unwrap_or_default();
                 let seconds = started.elapsed().as_secs_f64();
                 let status = engine.status(&digest);
                 if let Err(error) = result {
@@ -166,12 +166,7 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
                 }
                 println!(
                     "{}",
-                    status_json(
-                        &digest,
-                        status.as_ref(),
-                        seconds,
-                        first_chunk_before_complete
-                    )
+                    status_json(&digest, status.as_ref(), seconds, streamed)
                 );
                 if seed_after {
                     forever().await;
@@ -184,19 +179,34 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
 }
 
 /// Fetches the blob into the store without reading it.
-async fn fetch_only(engine: &Engine, digest: &Digest) -> Result<bool, String> {
+async fn fetch_only(engine: &Engine, digest: &Digest) -> Result<Streamed, String> {
     engine.fetch(digest).await.map_err(|e| e.to_string())?;
     engine
         .wait_complete(digest)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(false)
+    Ok(Streamed::default())
 }
 
-/// Streams the blob (to `out` if given) and waits for its completion. `Ok(true)` if the
-/// first bytes arrived while the download was still running.
-async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<bool, String> {
+/// When the reader started and got its first bytes, relative to the download's completion.
+#[derive(Debug, Clone, Copy, Default)]
+struct Streamed {
+    reader_started_before_complete: bool,
+    first_chunk_before_complete: bool,
+}
+
+/// Streams the blob (to `out` if given) and waits for its completion.
+async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<Streamed, String> {
     let mut stream = engine.open(digest, None).await.map_err(|e| e.to_string())?;
+    let downloading = || {
+        engine
+            .status(digest)
+            .is_some_and(|s| s.state == BlobState::Downloading)
+    };
+    let mut streamed = Streamed {
+        reader_started_before_complete: downloading(),
+        first_chunk_before_complete: false,
+    };
     let mut file = match &out {
         Some(path) => Some(
             compio::fs::File::create(path)
@@ -207,7 +217,6 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<b
     };
     let mut offset = 0u64;
     let mut buf = Vec::with_capacity(1 << 20);
-    let mut first_chunk_before_complete = false;
     loop {
         let (result, chunk) = stream.next_chunk(buf).await;
         result.map_err(|e| e.to_string())?;
@@ -215,9 +224,7 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<b
             break;
         }
         if offset == 0 {
-            first_chunk_before_complete = engine
-                .status(digest)
-                .is_some_and(|s| s.state == BlobState::Downloading);
+            streamed.first_chunk_before_complete = downloading();
         }
         let len = chunk.len() as u64;
         buf = match &mut file {
@@ -239,18 +246,20 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<b
         .wait_complete(digest)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(first_chunk_before_complete)
+    Ok(streamed)
 }
 
 fn status_json(
     digest: &Digest,
     status: Option<&BlobStatus>,
     seconds: f64,
-    first_chunk_before_complete: bool,
+    streamed: Streamed,
 ) -> String {
     let field = |f: fn(&BlobStatus) -> u64| status.map_or(0, f);
     format!(
-        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"first_chunk_before_complete\":{first_chunk_before_complete},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
+        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"reader_started_before_complete\":{},\"first_chunk_before_complete\":{},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
+        streamed.reader_started_before_complete,
+        streamed.first_chunk_before_complete,
         field(|s| u64::from(s.n_pieces)),
         field(|s| u64::from(s.pieces_resumed)),
         field(|s| s.pieces_fetched),
