@@ -302,6 +302,26 @@ impl Shoal {
         Ok((tracker, addr))
     }
 
+    /// `peer <command> --data-dir scratch/<name> --tracker T --listen 127.0.0.1:0 EXTRA… LAST`.
+    fn peer_args(
+        command: &str,
+        scratch: &Scratch,
+        name: &str,
+        tracker: &str,
+        extra: &[&str],
+        last: &str,
+    ) -> Vec<String> {
+        let data = scratch.path(name).to_string_lossy().into_owned();
+        let mut args: Vec<String> = ["peer", command, "--data-dir", &data, "--tracker", tracker]
+            .iter()
+            .chain(&["--listen", "127.0.0.1:0"])
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args.push(last.to_owned());
+        args
+    }
+
     /// `shoal peer seed` of `file` with its store in `scratch/<name>`; returns it and the
     /// blob's digest once it seeds.
     pub fn seeder(
@@ -312,21 +332,9 @@ impl Shoal {
         file: &Path,
         extra: &[&str],
     ) -> Result<(Proc, String), String> {
-        let data = scratch.path(name);
-        let data = data.to_string_lossy();
         let file = file.to_string_lossy();
-        let mut args = vec![
-            "peer",
-            "seed",
-            "--data-dir",
-            &*data,
-            "--tracker",
-            tracker,
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        args.push(&*file);
+        let args = Self::peer_args("seed", scratch, name, tracker, extra, &file);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut seeder = self.start(name, &args, scratch)?;
         let line = seeder.line_starting("seeding ", self.wait_max)?;
         let digest = line.split(' ').nth(1).unwrap_or_default().to_owned();
@@ -342,20 +350,8 @@ impl Shoal {
         digest: &str,
         extra: &[&str],
     ) -> Result<Proc, String> {
-        let data = scratch.path(name);
-        let data = data.to_string_lossy();
-        let mut args = vec![
-            "peer",
-            "get",
-            "--data-dir",
-            &*data,
-            "--tracker",
-            tracker,
-            "--listen",
-            "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
-        args.push(digest);
+        let args = Self::peer_args("get", scratch, name, tracker, extra, digest);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.start(name, &args, scratch)
     }
 

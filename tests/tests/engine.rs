@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_engine::{BlobState, Driver, Engine, EngineConfig, EngineError};
+use shoal_perf::procs::Scratch;
 use shoal_proto::Digest;
 use shoal_servers::tracker::{TrackerServerConfig, serve};
 
@@ -32,26 +33,16 @@ fn tracker() -> SocketAddr {
     receiver.recv().unwrap()
 }
 
-struct Dir(PathBuf);
+/// A scratch directory (tmpfs when there is one), removed on drop.
+struct Dir(Scratch);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("shoal-engine-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
+        Dir(Scratch::new(&format!("engine-{name}")).unwrap())
     }
-}
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+    fn path(&self) -> &Path {
+        self.0.root()
     }
 }
 
@@ -98,9 +89,9 @@ fn a_range_read_through_a_running_download_is_exact() {
     let dir = Dir::new("range");
     let tracker = tracker();
     // 20 MiB in 1 MiB pieces: one stripe.
-    let (path, bytes) = blob_file(&dir.0, 20 << 20, 1);
-    let seeder = engine(&dir.0, "seeder", tracker, |_| {});
-    let getter = engine(&dir.0, "getter", tracker, |_| {});
+    let (path, bytes) = blob_file(dir.path(), 20 << 20, 1);
+    let seeder = engine(dir.path(), "seeder", tracker, |_| {});
+    let getter = engine(dir.path(), "getter", tracker, |_| {});
     run(async {
         let digest = seeder.ingest_file(&path, None).await.unwrap();
         seeder.seed(&digest).await.unwrap();
@@ -131,9 +122,9 @@ fn a_blob_of_several_stripes_uses_every_shard() {
     let dir = Dir::new("stripes");
     let tracker = tracker();
     // 1 MiB pieces, 512 per stripe: just over one stripe makes two, one per shard.
-    let (path, bytes) = blob_file(&dir.0, (512 << 20) + (3 << 20), 2);
-    let seeder = engine(&dir.0, "seeder", tracker, |_| {});
-    let getter = engine(&dir.0, "getter", tracker, |c| c.driver = Driver::Poll);
+    let (path, bytes) = blob_file(dir.path(), (512 << 20) + (3 << 20), 2);
+    let seeder = engine(dir.path(), "seeder", tracker, |_| {});
+    let getter = engine(dir.path(), "getter", tracker, |c| c.driver = Driver::Poll);
     run(async {
         let digest = seeder.ingest_file(&path, None).await.unwrap();
         seeder.seed(&digest).await.unwrap();
@@ -155,13 +146,13 @@ fn a_blob_of_several_stripes_uses_every_shard() {
 fn unknown_digest_is_not_found_and_removal_wakes_readers() {
     let dir = Dir::new("remove");
     let tracker = tracker();
-    let (path, bytes) = blob_file(&dir.0, 16 << 20, 3);
+    let (path, bytes) = blob_file(dir.path(), 16 << 20, 3);
     // The seeder sends its first piece at once (the limiter's 1 MiB burst), then 64 KiB/s:
     // a piece every 16 s, so the reader is still waiting when the blob is removed.
-    let seeder = engine(&dir.0, "seeder", tracker, |c| {
+    let seeder = engine(dir.path(), "seeder", tracker, |c| {
         c.egress_bytes_per_s = Some(64 << 10);
     });
-    let getter = engine(&dir.0, "getter", tracker, |_| {});
+    let getter = engine(dir.path(), "getter", tracker, |_| {});
     run(async {
         let unknown = Digest::sha256_of(b"nobody has this");
         match getter.open(&unknown, None).await {
@@ -199,7 +190,7 @@ fn unknown_digest_is_not_found_and_removal_wakes_readers() {
         drop(stream);
         assert!(getter.status(&digest).is_none());
         // Its download directory goes once the reader let go (bounded wait).
-        let downloads = dir.0.join("getter/downloads");
+        let downloads = dir.path().join("getter/downloads");
         let mut left = usize::MAX;
         for _ in 0..500 {
             left = std::fs::read_dir(&downloads).unwrap().count();
@@ -218,16 +209,16 @@ fn unknown_digest_is_not_found_and_removal_wakes_readers() {
 fn the_per_blob_connection_limit_holds() {
     let dir = Dir::new("limit");
     let tracker = tracker();
-    let (path, bytes) = blob_file(&dir.0, 4 << 20, 4);
+    let (path, bytes) = blob_file(dir.path(), 4 << 20, 4);
     // The seeder takes one connection for its blob: of two getters, one is refused until
     // the other is done, and both still finish (the refused one retries).
-    let seeder = engine(&dir.0, "seeder", tracker, |c| {
+    let seeder = engine(dir.path(), "seeder", tracker, |c| {
         c.connections_per_blob_max = 1;
         c.egress_bytes_per_s = Some(8 << 20);
     });
     let getters = [
-        engine(&dir.0, "getter0", tracker, |_| {}),
-        engine(&dir.0, "getter1", tracker, |_| {}),
+        engine(dir.path(), "getter0", tracker, |_| {}),
+        engine(dir.path(), "getter1", tracker, |_| {}),
     ];
     run(async {
         let digest = seeder.ingest_file(&path, None).await.unwrap();
