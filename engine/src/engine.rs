@@ -413,6 +413,44 @@ impl EngineShared {
     }
 }
 
+/// A reader of a blob's bytes in order (see [`Engine::open`]): a [`BlobStream`] that also
+/// tells the swarm which piece it is waiting for, so that piece is requested before the
+/// rarest-first ones (a streaming client then gets its first bytes early, not whenever
+/// piece 0 happens to arrive). Belongs to the runtime that opened it.
+#[derive(Debug)]
+pub struct BlobReader {
+    stream: BlobStream,
+    /// The swarm to tell, for a blob still downloading.
+    swarm: Option<(Arc<EngineShared>, Arc<BlobShared>)>,
+    /// The last piece reported (reported once).
+    reported: Option<PieceIndex>,
+}
+
+impl BlobReader {
+    /// Bytes of the range not yet read.
+    pub fn remaining(&self) -> u64 {
+        self.stream.remaining()
+    }
+
+    /// The next bytes in order, as [`BlobStream::next_chunk`]; an empty buffer at the end.
+    pub async fn next_chunk(&mut self, buf: Vec<u8>) -> (Result<(), StoreError>, Vec<u8>) {
+        if let Some((engine, blob)) = &self.swarm
+            && let Some(piece) = self.stream.waiting_for()
+            && self.reported != Some(piece)
+        {
+            self.reported = Some(piece);
+            let owner = engine.owner_of(blob.metainfo.stripe_of(piece));
+            let command = Command::Wanted {
+                info_hash: blob.info_hash,
+                piece,
+            };
+            // A full queue loses the hint only: the piece still comes, rarest first.
+            let _ = engine.senders[owner].try_send(command);
+        }
+        self.stream.next_chunk(buf).await
+    }
+}
+
 /// A running engine. Cheap to clone; every clone drives the same shards.
 /// [`Engine::shutdown`] stops them.
 #[derive(Debug, Clone)]
@@ -683,23 +721,34 @@ impl Engine {
 
     /// A reader of `range` (the whole blob if `None`) of `digest`, which yields bytes in
     /// order as soon as their pieces are verified: from the cache, or from a download it
-    /// starts (see [`Engine::fetch`]) or joins. Await it inside a compio runtime; the reader
-    /// belongs to that runtime.
+    /// starts (see [`Engine::fetch`]) or joins; the piece it waits for is fetched first.
+    /// Await it inside a compio runtime; the reader belongs to that runtime.
     pub async fn open(
         &self,
         digest: &Digest,
         range: Option<Range<u64>>,
-    ) -> Result<BlobStream, EngineError> {
+    ) -> Result<BlobReader, EngineError> {
         for _ in 0..2 {
             if let Some(blob) = self.shared.store.open_blob(digest).await? {
                 let range = range.clone().unwrap_or(0..blob.len());
-                return Ok(BlobStream::from_blob(blob, range)?);
+                return Ok(BlobReader {
+                    stream: BlobStream::from_blob(blob, range)?,
+                    swarm: None,
+                    reported: None,
+                });
             }
             self.fetch(digest).await?;
-            if let Some(handle) = self.blob(digest).and_then(|b| b.download.clone()) {
+            let Some(blob) = self.blob(digest) else {
+                continue;
+            };
+            if let Some(handle) = blob.download.clone() {
                 let download = handle.open().await?;
                 let range = range.clone().unwrap_or(0..download.metainfo().blob_len());
-                return Ok(BlobStream::from_download(download, range)?);
+                return Ok(BlobReader {
+                    stream: BlobStream::from_download(download, range)?,
+                    swarm: Some((Arc::clone(&self.shared), blob)),
+                    reported: None,
+                });
             }
         }
         Err(EngineError::Removed {

@@ -24,7 +24,7 @@ pub mod tracker;
 pub mod transport;
 
 pub use config::{Driver, EngineConfig};
-pub use engine::{BlobState, BlobStatus, Engine, EngineError};
+pub use engine::{BlobReader, BlobState, BlobStatus, Engine, EngineError};
 pub use stats::{EngineStats, PeerKind, ShardStats};
 
 #[cfg(test)]

@@ -445,6 +445,9 @@ pub struct Swarm {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     completion_reported: bool,
+    /// A piece a local reader is blocked on (stripe-local): requested before the rarest one
+    /// whenever a connection offers it. At most one, the latest reported.
+    wanted: Option<usize>,
 }
 
 impl Swarm {
@@ -497,6 +500,7 @@ impl Swarm {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             completion_reported: false,
+            wanted: None,
         })
     }
 
@@ -815,6 +819,22 @@ impl Swarm {
             c.last_useful = now;
             c.pieces_exchanged = c.pieces_exchanged.saturating_add(1);
         }
+        self.maintain(now);
+    }
+
+    /// A local reader (streaming the blob in order) is blocked on `piece`: request it before
+    /// any other as soon as a connection offers it (still never from an origin while another
+    /// peer has it). Only the latest such piece is remembered; one that is stored, outside the
+    /// stripe, or already here is ignored. Rarest-first governs every other request, so the
+    /// swarm's piece diversity is untouched but for the one piece a reader waits for.
+    pub fn handle_wanted(&mut self, now: Instant, piece: PieceIndex) {
+        let Some(local) = self.geometry.local(piece) else {
+            return;
+        };
+        if self.have.get(local) {
+            return;
+        }
+        self.wanted = Some(local);
         self.maintain(now);
     }
 
@@ -1158,6 +1178,9 @@ impl Swarm {
         if !self.have.set(local) {
             return; // endgame duplicate
         }
+        if self.wanted == Some(local) {
+            self.wanted = None;
+        }
         if self.requested[local] > 0 {
             // Still requested elsewhere (endgame): no longer a missing requested piece.
             self.n_requested_missing -= 1;
@@ -1356,12 +1379,20 @@ impl Swarm {
         true
     }
 
-    /// Rarest-first choice of a piece to request on connection `index`, with a seeded random
+    /// The piece a reader waits for ([`Swarm::handle_wanted`]) if this connection has it;
+    /// otherwise the rarest-first choice of a piece to request on connection `index`, with a seeded random
     /// tie-break. Origins are asked only for pieces no other connected peer has. In endgame
     /// (every missing piece already requested), pieces already requested elsewhere qualify,
     /// up to `endgame_duplicates_max` requests each.
     fn pick(&mut self, index: usize) -> Option<usize> {
         let c = self.conns[index].as_ref()?;
+        if let Some(local) = self.wanted
+            && self.requested[local] == 0
+            && c.remote_has.get(local)
+            && !(c.is_origin && self.availability[local] > 0)
+        {
+            return Some(local);
+        }
         let n_missing = self.have.len() - self.have.count_ones();
         let endgame = self.n_requested_missing >= n_missing;
         let duplicates_max = self.config.endgame_duplicates_max as u8;

@@ -1275,6 +1275,47 @@ fn rarest_piece_is_requested_first() {
 }
 
 #[test]
+fn a_piece_a_reader_waits_for_is_requested_first_then_rarest_first_resumes() {
+    for seed in 0..16 {
+        let mut rig = Rig::new(
+            SwarmConfig {
+                requests_per_connection_max: 1,
+                requests_in_flight_max: 8,
+                seed,
+                ..config()
+            },
+            32,
+            &[],
+        );
+        // The reader waits for piece 0 before anyone offers it.
+        rig.swarm.handle_wanted(rig.now, piece(0));
+        rig.collect();
+        let conn = rig.connect(5, &all(32));
+        let first = requests(&rig.take_transmits(), conn);
+        assert_eq!(first, vec![0], "seed {seed}");
+        // The reader moves on to piece 17 while 0 is on its way: 17 takes the next slot.
+        rig.swarm.handle_wanted(rig.now, piece(17));
+        rig.collect();
+        rig.serve_one(conn);
+        let next = requests(&rig.take_transmits(), conn);
+        assert_eq!(next, vec![17], "seed {seed}");
+        // Once 17 is stored nothing is wanted: the choices are rarest first again, which
+        // with one remote holding everything is a random spread, not 18, 19, ...
+        rig.serve_one(conn);
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            order.extend(requests(&rig.take_transmits(), conn));
+            rig.serve_one(conn);
+        }
+        assert_ne!(
+            order,
+            (18..24).collect::<Vec<_>>(),
+            "seed {seed}: sequential"
+        );
+    }
+}
+
+#[test]
 fn origins_are_asked_only_for_pieces_no_agent_has() {
     for seed in 0..8 {
         let cfg = SwarmConfig {

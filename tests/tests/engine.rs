@@ -70,7 +70,7 @@ fn blob_file(dir: &Path, len: usize, seed: u8) -> (PathBuf, Vec<u8>) {
 }
 
 /// Reads a whole stream.
-async fn read_all(mut stream: shoal_engine::store::BlobStream) -> Vec<u8> {
+async fn read_all(mut stream: shoal_engine::BlobReader) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = Vec::with_capacity(256 * 1024);
     loop {

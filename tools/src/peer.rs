@@ -155,7 +155,7 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
                 let result = if no_stream {
                     fetch_only(&engine, &digest).await
                 } else {
-                    get(&engine, &digest, out).await
+                    get(&engine, &digest, out, started).await
                 };
                 let streamed = result.as_ref().ok().copied().unwrap_or_default();
                 let seconds = started.elapsed().as_secs_f64();
@@ -193,10 +193,17 @@ async fn fetch_only(engine: &Engine, digest: &Digest) -> Result<Streamed, String
 struct Streamed {
     reader_started_before_complete: bool,
     first_chunk_before_complete: bool,
+    /// From the start of the `get` to the first bytes in the reader's hands.
+    first_chunk_seconds: Option<f64>,
 }
 
 /// Streams the blob (to `out` if given) and waits for its completion.
-async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<Streamed, String> {
+async fn get(
+    engine: &Engine,
+    digest: &Digest,
+    out: Option<PathBuf>,
+    started: Instant,
+) -> Result<Streamed, String> {
     let mut stream = engine.open(digest, None).await.map_err(|e| e.to_string())?;
     let downloading = || {
         engine
@@ -206,6 +213,7 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<S
     let mut streamed = Streamed {
         reader_started_before_complete: downloading(),
         first_chunk_before_complete: false,
+        first_chunk_seconds: None,
     };
     let mut file = match &out {
         Some(path) => Some(
@@ -225,6 +233,7 @@ async fn get(engine: &Engine, digest: &Digest, out: Option<PathBuf>) -> Result<S
         }
         if offset == 0 {
             streamed.first_chunk_before_complete = downloading();
+            streamed.first_chunk_seconds = Some(started.elapsed().as_secs_f64());
         }
         let len = chunk.len() as u64;
         buf = match &mut file {
@@ -257,9 +266,12 @@ fn status_json(
 ) -> String {
     let field = |f: fn(&BlobStatus) -> u64| status.map_or(0, f);
     format!(
-        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"reader_started_before_complete\":{},\"first_chunk_before_complete\":{},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
+        "{{\"event\":\"complete\",\"digest\":\"{digest}\",\"seconds\":{seconds:.3},\"reader_started_before_complete\":{},\"first_chunk_before_complete\":{},\"first_chunk_seconds\":{},\"pieces\":{},\"pieces_resumed\":{},\"pieces_fetched\":{},\"pieces_fetched_resumed\":{},\"pieces_failed\":{}}}",
         streamed.reader_started_before_complete,
         streamed.first_chunk_before_complete,
+        streamed
+            .first_chunk_seconds
+            .map_or("null".to_owned(), |s| format!("{s:.3}")),
         field(|s| u64::from(s.n_pieces)),
         field(|s| u64::from(s.pieces_resumed)),
         field(|s| s.pieces_fetched),

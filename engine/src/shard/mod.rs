@@ -29,7 +29,7 @@ use event_listener::Event;
 use shoal_proto::swarm::{Candidate, StripeGeometry, Swarm};
 use shoal_proto::tracker::PeerInfo;
 use shoal_proto::wire::Handshake;
-use shoal_proto::{Bitfield, InfoHash, StripeIndex};
+use shoal_proto::{Bitfield, InfoHash, PieceIndex, StripeIndex};
 
 pub(crate) use blob::{BlobIo, ShardBlob, Source};
 use stripe::Stripe;
@@ -59,6 +59,11 @@ pub(crate) enum Command {
         received: Vec<u8>,
         permit: ConnPermit,
     },
+    /// A local reader waits for this piece (of a stripe this shard owns).
+    Wanted {
+        info_hash: InfoHash,
+        piece: PieceIndex,
+    },
     /// Stop this shard's stripes of a blob and drop its handles.
     StopBlob {
         info_hash: InfoHash,
@@ -75,6 +80,7 @@ impl std::fmt::Debug for Command {
             Command::StartBlob { .. } => "StartBlob",
             Command::Peers { .. } => "Peers",
             Command::Adopt { .. } => "Adopt",
+            Command::Wanted { .. } => "Wanted",
             Command::StopBlob { .. } => "StopBlob",
             Command::Run(_) => "Run",
             Command::Shutdown => "Shutdown",
@@ -217,6 +223,7 @@ impl Shard {
                 received,
                 permit,
             } => self.adopt_fd(fd, handshake, received, permit),
+            Command::Wanted { info_hash, piece } => self.wanted(&info_hash, piece),
             Command::StopBlob { info_hash, reply } => {
                 self.stop_blob(&info_hash);
                 if let Some(reply) = reply {
@@ -413,6 +420,19 @@ impl Shard {
             .collect();
         for stripe in stripes {
             stripe.input(|state, now| state.swarm.handle_peers(now, &candidates));
+        }
+    }
+
+    fn wanted(&self, info_hash: &InfoHash, piece: PieceIndex) {
+        let stripe = {
+            let blobs = self.blobs.borrow();
+            blobs.get(info_hash).and_then(|blob| {
+                let stripe = blob.io.shared.metainfo.stripe_of(piece);
+                blob.stripes.get(&stripe.0).map(Rc::clone)
+            })
+        };
+        if let Some(stripe) = stripe {
+            stripe.input(|state, now| state.swarm.handle_wanted(now, piece));
         }
     }
 

@@ -73,6 +73,21 @@ impl BlobStream {
         self.end - self.next
     }
 
+    /// The piece the next [`BlobStream::next_chunk`] would wait for: the one holding the next
+    /// byte, if it is not stored yet. `None` from a complete blob or at the end of the range.
+    pub fn waiting_for(&self) -> Option<PieceIndex> {
+        let Source::Download(download) = &self.source else {
+            return None;
+        };
+        if self.next >= self.end {
+            return None;
+        }
+        let piece_len = u64::from(download.metainfo().piece_len());
+        // Below n_pieces (next < end <= blob_len), a u32.
+        let piece = PieceIndex((self.next / piece_len) as u32);
+        (!download.has_piece(piece)).then_some(piece)
+    }
+
     /// Up to `buf.capacity()` next bytes (buf cleared first; never allocates); an empty buf at
     /// the end of the range.
     ///

@@ -8,6 +8,7 @@
 //! target/release/engine_bench rss    [--mib 4096]
 //! target/release/engine_bench fanout [--mib 256] [--getters 8]
 //! target/release/engine_bench limit  [--mib 256] [--rate-mib 40]
+//! target/release/engine_bench stream [--mib 64] [--rate-mib 16] [--rounds 5]
 //! ```
 //!
 //! - `pair`: one seeder → one getter, each one shard, the seeder on CPU 0 and the getter on
@@ -22,6 +23,9 @@
 //!   without streaming the blob back.
 //! - `fanout`: one seeder, N getters started together (all seeding what they have): wall time
 //!   until the last completes, the slowest and the median getter.
+//! - `stream`: a getter streaming the blob back in order from a slow seeder: time to its
+//!   first bytes and to completion (pieces are fetched rarest first, except the one the
+//!   reader waits for).
 //! - `limit`: one transfer with the seeder's egress limited, one with the getter's ingress
 //!   limited: achieved rate against the configured one.
 //!
@@ -77,6 +81,14 @@ enum Scenario {
         #[arg(long, default_value_t = 40)]
         rate_mib: u64,
     },
+    Stream {
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        #[arg(long, default_value_t = 16)]
+        rate_mib: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
 }
 
 const MIB: u64 = 1 << 20;
@@ -108,6 +120,11 @@ fn main() -> ExitCode {
         Scenario::Rss { mib } => rss(&shoal, mib),
         Scenario::Fanout { mib, getters } => fanout(&shoal, mib, getters),
         Scenario::Limit { mib, rate_mib } => limit(&shoal, mib, rate_mib),
+        Scenario::Stream {
+            mib,
+            rate_mib,
+            rounds,
+        } => stream(&shoal, mib, rate_mib, rounds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -474,5 +491,49 @@ fn limit(shoal: &Shoal, mib: u64, rate_mib: u64) -> Result<(), String> {
         drop(getter);
         drop(seeder);
     }
+    Ok(())
+}
+
+fn stream(shoal: &Shoal, mib: u64, rate_mib: u64, rounds: usize) -> Result<(), String> {
+    let scratch = Scratch::new("engine-bench-stream").map_err(io)?;
+    let blob = scratch.path("blob");
+    random_file(&blob, mib * MIB, 46).map_err(io)?;
+    let (_tracker, tracker) = shoal.tracker(&scratch)?;
+    let rate = (rate_mib * MIB).to_string();
+    println!("a reader streaming {mib} MiB in order from a seeder limited to {rate_mib} MiB/s");
+    println!("| round | first bytes (s) | complete (s) |");
+    println!("|---|---|---|");
+    let (mut firsts, mut completes) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let seeder_name = format!("seeder{round}");
+        let getter_name = format!("getter{round}");
+        let (seeder, digest) = shoal.seeder(
+            &seeder_name,
+            &scratch,
+            &tracker,
+            &blob,
+            &["--egress-limit", &rate],
+        )?;
+        let out = scratch.path(&format!("{getter_name}.out"));
+        let out = out.to_string_lossy();
+        let mut getter =
+            shoal.getter(&getter_name, &scratch, &tracker, &digest, &["--out", &out])?;
+        let done = shoal.completion(&mut getter)?;
+        let first = done["first_chunk_seconds"].as_f64().unwrap_or(f64::NAN);
+        let complete = done["seconds"].as_f64().unwrap_or(f64::NAN);
+        println!("| {round} | {first:.3} | {complete:.3} |");
+        firsts.push(first);
+        completes.push(complete);
+        drop(getter);
+        drop(seeder);
+        for name in [seeder_name, getter_name] {
+            let _ = std::fs::remove_dir_all(scratch.path(&name));
+        }
+    }
+    println!(
+        "| median | {:.3} | {:.3} |",
+        median(&mut firsts),
+        median(&mut completes)
+    );
     Ok(())
 }
