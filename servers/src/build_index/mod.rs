@@ -1,0 +1,31 @@
+//! The build-index's storage and rules: tag → manifest digest, persistent and versioned.
+//!
+//! - [`TagStore`] (`store.rs`): the persistent map (repository, tag) → [`TagRecord`] on local
+//!   disk, crash-safe (temporary file, fsync, rename, directory fsync; start-up recovery),
+//!   versioned with optional compare-and-set, no read cache (a tag update is visible on the
+//!   next read), paginated listings for `tags/list` and `_catalog`. Blocking std I/O: call
+//!   it off the data plane.
+//! - [`referenced_digests`] (`manifest.rs`): what a manifest references, for the rule "a tag
+//!   is accepted only once every blob its manifest references exists" and, later, the
+//!   referrers API.
+//! - [`validate_repository`], [`validate_tag`] (`names.rs`): the OCI name grammars, which
+//!   also keep every path inside the store's root.
+//!
+//! No HTTP here: the build-index server maps [`IndexError`], [`NameError`] and
+//! [`ManifestError`] to OCI error codes at its edge.
+
+mod manifest;
+mod names;
+mod record;
+mod store;
+
+pub use manifest::{
+    DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, MANIFEST_LEN_MAX, ManifestError, ManifestKind,
+    OCI_INDEX, OCI_MANIFEST, References, referenced_digests,
+};
+pub use names::{NameError, REPOSITORY_LEN_MAX, TAG_LEN_MAX, validate_repository, validate_tag};
+pub use record::{MEDIA_TYPE_LEN_MAX, MediaTypeError, TagRecord, validate_media_type};
+pub use store::{
+    CorruptRecord, IndexError, PAGE_LEN_MAX, REPORT_LISTED_MAX, RecoveryReport, RepoPage, TagPage,
+    TagStore,
+};
