@@ -2,12 +2,16 @@
 //! engine, and the storage backends. The only crate that speaks HTTP.
 //!
 //! Layout:
+//! - [`http`]: HTTP/1.1 on compio (hyper through `cyper_core`): the accept loop, the
+//!   response body (blobs streamed from the engine), the OCI error model, the distribution
+//!   API's paths and `Range` header.
+//! - [`agent`]: the agent's pull API over one engine (first slice: `/v2/` and blobs).
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
-//!
-//! The HTTP servers arrive with the registry-front issue.
 
 pub use shoal_engine as engine;
 
+pub mod agent;
+pub mod http;
 pub mod tracker;
