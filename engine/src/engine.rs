@@ -756,6 +756,31 @@ impl Engine {
         })
     }
 
+    /// The length of `digest` in bytes, without reading or downloading any of it: from the
+    /// cache, from a download in progress, or else from the metainfo the tracker holds
+    /// (which starts nothing). [`EngineError::NotFound`] if no tracker knows the blob. What
+    /// answers `HEAD /v2/<name>/blobs/<digest>` and resolves a `Range` before [`Engine::open`].
+    pub async fn blob_len(&self, digest: &Digest) -> Result<u64, EngineError> {
+        if let Some(len) = self.shared.store.blob_len(digest) {
+            return Ok(len);
+        }
+        if let Some(blob) = self.blob(digest)
+            && !blob.is_stopped()
+        {
+            return Ok(blob.metainfo.blob_len());
+        }
+        let metainfo = self
+            .shared
+            .tracker
+            .get_metainfo(digest)
+            .await
+            .map_err(|e| EngineError::Tracker(e.to_string()))?
+            .ok_or_else(|| EngineError::NotFound {
+                digest: Box::new(*digest),
+            })?;
+        Ok(metainfo.blob_len())
+    }
+
     /// Waits until `digest` is complete in the cache (or its download failed).
     pub async fn wait_complete(&self, digest: &Digest) -> Result<(), EngineError> {
         loop {

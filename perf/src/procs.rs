@@ -247,7 +247,7 @@ pub fn pieces_file_path(data_dir: &Path, digest: &str) -> PathBuf {
         .join("pieces")
 }
 
-/// Starts `shoal` processes: a tracker, seeders, getters (`shoal peer …`).
+/// Starts `shoal` processes: a tracker, seeders, getters (`shoal peer …`), agents.
 #[derive(Debug, Clone)]
 pub struct Shoal {
     /// The `shoal` binary.
@@ -353,6 +353,35 @@ impl Shoal {
         let args = Self::peer_args("get", scratch, name, tracker, extra, digest);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.start(name, &args, scratch)
+    }
+
+    /// `shoal agent` with its store in `scratch/<name>` and its pull API on an ephemeral
+    /// loopback port; returns it and that address once it serves.
+    pub fn agent(
+        &self,
+        name: &str,
+        scratch: &Scratch,
+        tracker: &str,
+        extra: &[&str],
+    ) -> Result<(Proc, String), String> {
+        let data = scratch.path(name);
+        let data = data.to_string_lossy();
+        let mut args = vec![
+            "agent",
+            "--data-dir",
+            &*data,
+            "--tracker",
+            tracker,
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let mut agent = self.start(name, &args, scratch)?;
+        let line = agent.line_starting("agent listening on ", self.wait_max)?;
+        let addr = line.rsplit(' ').next().unwrap_or_default().to_owned();
+        Ok((agent, addr))
     }
 
     /// The JSON object a getter prints when its blob is complete.

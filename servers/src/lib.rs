@@ -2,16 +2,20 @@
 //! engine, and the storage backends. The only crate that speaks HTTP.
 //!
 //! Layout:
+//! - [`http`]: HTTP/1.1 on compio (hyper through `cyper_core`): the accept loop, the
+//!   response body (blobs streamed from the engine), the OCI error model, the distribution
+//!   API's paths and `Range` header.
+//! - [`agent`]: the agent's pull API over one engine (first slice: `/v2/` and blobs).
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk) and manifest reference parsing; its HTTP server comes with the
 //!   registry front.
-//!
-//! The HTTP servers arrive with the registry-front issue.
 
 pub use shoal_engine as engine;
 
+pub mod agent;
 pub mod build_index;
+pub mod http;
 pub mod tracker;

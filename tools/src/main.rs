@@ -1,6 +1,7 @@
 //! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
-//! subcommands with the engine and servers; today it carries the operator tools that only
-//! need the protocol crate, and a minimal tracker (`shoal tracker`).
+//! subcommands with the servers; today it carries the operator tools that only need the
+//! protocol crate, a minimal tracker (`shoal tracker`), a standalone peer (`shoal peer`) and
+//! the agent's first slice (`shoal agent`: `/v2/` and blobs).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
@@ -12,6 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod agent;
 mod peer;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
@@ -41,6 +43,9 @@ enum Command {
     },
     /// Decode an encoded metainfo file, check it, and print it.
     InspectMetainfo { file: PathBuf },
+    /// Run the agent: the OCI pull API on `--listen` (loopback) over one engine that
+    /// fetches blobs through the swarm. Prints `agent listening on ADDR` once it serves.
+    Agent(agent::AgentArgs),
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
@@ -81,6 +86,7 @@ fn init_logs() {
 
 fn run(command: Command) -> Result<(), String> {
     match command {
+        Command::Agent(args) => agent::run(args),
         Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {

@@ -19,6 +19,9 @@ pub enum PeerCommand {
     Seed {
         #[command(flatten)]
         engine: EngineArgs,
+        /// The peer port.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
         /// Announce as an origin (peers ask it only for pieces nobody else has).
         #[arg(long)]
         origin: bool,
@@ -31,6 +34,9 @@ pub enum PeerCommand {
     Get {
         #[command(flatten)]
         engine: EngineArgs,
+        /// The peer port.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: SocketAddr,
         /// Where to write the blob (written as it arrives).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -53,9 +59,6 @@ pub struct EngineArgs {
     /// A tracker address (repeat for several).
     #[arg(long = "tracker", required = true)]
     trackers: Vec<SocketAddr>,
-    /// The peer port.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
     /// Shard threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     shards: usize,
@@ -94,12 +97,13 @@ enum UploadArg {
 }
 
 impl EngineArgs {
-    fn config(&self, origin: bool) -> EngineConfig {
+    /// The engine's config, with its peer port at `listen`.
+    pub fn config(&self, origin: bool, listen: SocketAddr) -> EngineConfig {
         let mut config = EngineConfig::new(&self.data_dir, self.trackers.clone());
         if origin {
             config = config.into_origin();
         }
-        config.listen = self.listen;
+        config.listen = listen;
         config.shards = self.shards;
         config.pin_threads = !self.no_pin;
         config.driver = match self.driver {
@@ -122,10 +126,11 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
     match command {
         PeerCommand::Seed {
             engine,
+            listen,
             origin,
             files,
         } => {
-            let engine = Engine::start(engine.config(origin)).map_err(|e| e.to_string())?;
+            let engine = Engine::start(engine.config(origin, listen)).map_err(|e| e.to_string())?;
             println!("listening {}", engine.listen_addr());
             runtime.block_on(async {
                 for file in &files {
@@ -142,13 +147,14 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
         }
         PeerCommand::Get {
             engine,
+            listen,
             out,
             seed_after,
             no_stream,
             digest,
         } => {
             let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
-            let engine = Engine::start(engine.config(false)).map_err(|e| e.to_string())?;
+            let engine = Engine::start(engine.config(false, listen)).map_err(|e| e.to_string())?;
             println!("listening {}", engine.listen_addr());
             runtime.block_on(async {
                 let started = Instant::now();

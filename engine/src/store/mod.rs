@@ -371,6 +371,17 @@ impl Store {
         state.blobs.get(digest).is_some_and(|entry| !entry.evicting)
     }
 
+    /// The length of the complete blob `digest`; `None` if it is not complete (or is being
+    /// evicted). Touches no file.
+    pub fn blob_len(&self, digest: &Digest) -> Option<u64> {
+        let state = lock(&self.inner.state);
+        state
+            .blobs
+            .get(digest)
+            .filter(|entry| !entry.evicting)
+            .map(|entry| entry.len)
+    }
+
     /// Digests of the complete blobs, in no particular order.
     pub fn blobs(&self) -> Vec<Digest> {
         let state = lock(&self.inner.state);
