@@ -44,7 +44,10 @@
 //!   session's offset is then simply further on (a client asks for the status and resumes
 //!   from there), and the digest check at the end catches any bytes the crash garbled.
 //! - A removed session (cancelled, finished, expired, failed its digest) is first renamed to
-//!   a temporary name, so a crash during its removal cannot bring it back.
+//!   a temporary name and then deleted: a crash part-way through a deletion leaves the
+//!   temporary name, which recovery deletes, never a half-deleted session. (The rename is not
+//!   fsynced; a crash may bring back the whole session, which is a consistent state, or, after
+//!   completion, a session without `data`, which recovery drops.)
 //! - Completion renames `data` into `complete/` and fsyncs `complete/`; a monolithic upload
 //!   is written as `complete/.tmp-<name>`, fdatasynced, verified and renamed.
 //! - Start-up recovery ([`RecoveryReport`]) removes `complete/` leftovers, temporary names

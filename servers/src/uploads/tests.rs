@@ -116,6 +116,13 @@ fn assert_unchanged(store: &UploadStore, root: &Path, id: &str, offset: u64) {
     assert_eq!(data_len(root, id), offset);
 }
 
+#[test]
+fn the_store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<UploadStore>();
+    assert_send_sync::<UploadError>();
+}
+
 // ---- chunked uploads ------------------------------------------------------------------------
 
 #[test]
