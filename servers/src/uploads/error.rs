@@ -108,9 +108,9 @@ pub(crate) fn quote(text: &str) -> String {
 }
 
 impl UploadError {
-    /// The OCI distribution error code for the `{"errors":[{"code":…}]}` body. `RANGE_INVALID`
-    /// (416) and `UNKNOWN` (server-side failures) are the codes the reference registry uses
-    /// where the spec's table has none.
+    /// The OCI distribution error code for the `{"errors":[{"code":…}]}` body.
+    /// `RANGE_INVALID` (416) and `UNKNOWN` (server-side failures) are not in the spec's table
+    /// of codes, which has none for these cases; clients act on the status.
     pub fn oci_code(&self) -> &'static str {
         match self {
             UploadError::InvalidId { .. } | UploadError::UnknownSession { .. } => {
