@@ -12,6 +12,8 @@
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk) and manifest reference parsing; its HTTP server comes with the
 //!   registry front.
+//! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
+//!   every digest verified), on local disk; blocking, called off the data plane.
 
 pub use shoal_engine as engine;
 
@@ -19,3 +21,4 @@ pub mod agent;
 pub mod build_index;
 pub mod http;
 pub mod tracker;
+pub mod uploads;

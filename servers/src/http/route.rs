@@ -12,10 +12,10 @@ use super::error::{ErrorCode, OciError};
 
 /// The longest repository name accepted. The spec lets registries bound it; clients commonly
 /// limit `host/name` to 255 characters.
-pub const NAME_LEN_MAX: usize = 255;
+pub const NAME_LEN_MAX: usize = crate::build_index::REPOSITORY_LEN_MAX;
 
 /// The longest tag (the spec's grammar: one leading character, then up to 127).
-pub const TAG_LEN_MAX: usize = 128;
+pub const TAG_LEN_MAX: usize = crate::build_index::TAG_LEN_MAX;
 
 /// An endpoint of the distribution API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,50 +149,12 @@ pub fn check_name(name: &str) -> Result<(), OciError> {
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`, and at most
 /// [`NAME_LEN_MAX`] characters.
 pub fn is_valid_name(name: &str) -> bool {
-    name.len() <= NAME_LEN_MAX && name.split('/').all(is_valid_name_component)
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: runs of lowercase letters and digits, joined by one
-/// separator each (`.`, `_`, `__`, or any number of `-`).
-fn is_valid_name_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    let mut i = 0;
-    loop {
-        // One run of [a-z0-9]+.
-        let run_start = i;
-        while i < bytes.len() && matches!(bytes[i], b'a'..=b'z' | b'0'..=b'9') {
-            i += 1;
-        }
-        if i == run_start {
-            return false;
-        }
-        if i == bytes.len() {
-            return true;
-        }
-        // One separator, then another run must follow.
-        let separator_start = i;
-        while i < bytes.len() && matches!(bytes[i], b'.' | b'_' | b'-') {
-            i += 1;
-        }
-        let separator = &component[separator_start..i];
-        let allowed = matches!(separator, "." | "_" | "__") || separator.bytes().all(|b| b == b'-');
-        if separator.is_empty() || !allowed {
-            return false;
-        }
-    }
+    crate::build_index::validate_repository(name).is_ok()
 }
 
 /// The spec's tag grammar, `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 pub fn is_valid_tag(tag: &str) -> bool {
-    let bytes = tag.as_bytes();
-    let Some((&first, rest)) = bytes.split_first() else {
-        return false;
-    };
-    bytes.len() <= TAG_LEN_MAX
-        && (first.is_ascii_alphanumeric() || first == b'_')
-        && rest
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::build_index::validate_tag(tag).is_ok()
 }
 
 /// Client input quoted in an error message, cut to a bounded length.
