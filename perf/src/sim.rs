@@ -118,6 +118,8 @@ struct Host {
     /// Incomplete stripes per blob.
     blob_stripes_left: Vec<u32>,
     done_at: Option<Instant>,
+    /// With streaming readers: per blob, the next piece its reader needs (in blob order).
+    reader_at: Vec<u32>,
 }
 
 impl Host {
@@ -347,6 +349,8 @@ pub struct Sim {
     host_stripes: Vec<(u32, u32)>,
     /// First `k` of each blob.
     blob_first_k: Vec<u32>,
+    /// Agents stream every blob in order (see `HostsSection::streaming_readers`).
+    streaming_readers: bool,
 
     now: Instant,
     queue: EventQueue<Ev>,
@@ -467,6 +471,7 @@ impl Sim {
             blobs,
             host_stripes,
             blob_first_k,
+            streaming_readers: topology.hosts.streaming_readers,
             now: Instant::ZERO,
             queue: EventQueue::new(),
             net,
@@ -506,6 +511,7 @@ impl Sim {
                 stripes_left: 0,
                 blob_stripes_left: vec![0; blobs.len()],
                 done_at: Some(Instant::ZERO),
+                reader_at: vec![0; blobs.len()],
             });
         }
         let section = &topology.hosts;
@@ -525,6 +531,7 @@ impl Sim {
                 stripes_left: stripes_total,
                 blob_stripes_left: blob_stripes.clone(),
                 done_at: None,
+                reader_at: vec![0; blobs.len()],
             });
         }
         // Disjoint roles: a shuffled list of agents is cut into liars, departers, late joiners.
@@ -955,6 +962,9 @@ impl Sim {
                 .expect("topology validation checked the swarm configs and geometry");
             self.swarms[swarm_id as usize].swarm = Some(Box::new(swarm));
         }
+        for blob in 0..self.blobs.len() as u32 {
+            self.advance_reader(host, blob);
+        }
         let to_tracker = self.latency(host, TRACKER_HOST);
         for blob in 0..self.blobs.len() as u32 {
             self.queue
@@ -1171,6 +1181,47 @@ impl Sim {
         if let Some(swarm) = self.swarm_mut(tag.down_swarm) {
             swarm.handle_piece(now, tag.down_conn, tag.piece, verdict);
             self.drain(tag.down_swarm);
+        }
+        if verdict == PieceVerdict::Valid && self.streaming_readers {
+            let host = self.host_of_swarm(tag.down_swarm);
+            let k = tag.down_swarm % self.stripes_per_host();
+            let (blob, _) = self.host_stripes[k as usize];
+            if self.hosts[host as usize].reader_at[blob as usize] == tag.piece.0 {
+                self.advance_reader(host, blob);
+            }
+        }
+    }
+
+    /// With streaming readers: moves `host`'s reader of `blob` past the pieces it has, then
+    /// tells the swarm of the next piece's stripe that the reader waits for it. Amortised
+    /// O(1) per piece: the reader only moves forward.
+    fn advance_reader(&mut self, host: u32, blob: u32) {
+        if !self.streaming_readers || self.hosts[host as usize].role != Role::Agent {
+            return;
+        }
+        let now = self.now;
+        let metainfo = self.blobs[blob as usize].metainfo();
+        let n_pieces = metainfo.n_pieces();
+        loop {
+            let piece = self.hosts[host as usize].reader_at[blob as usize];
+            if piece >= n_pieces {
+                return;
+            }
+            let metainfo = self.blobs[blob as usize].metainfo();
+            let stripe = metainfo.stripe_of(PieceIndex(piece));
+            let first = metainfo.stripe_pieces(stripe).start;
+            let k = self.blob_first_k[blob as usize] + stripe.0;
+            let swarm_id = self.swarm_id(host, k);
+            let Some(swarm) = self.swarm_mut(swarm_id) else {
+                return;
+            };
+            if swarm.have().get((piece - first) as usize) {
+                self.hosts[host as usize].reader_at[blob as usize] += 1;
+                continue;
+            }
+            swarm.handle_wanted(now, PieceIndex(piece));
+            self.drain(swarm_id);
+            return;
         }
     }
 

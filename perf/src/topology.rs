@@ -74,6 +74,11 @@ pub struct HostsSection {
     /// its receiver). Left out of the completion figures.
     #[serde(default)]
     pub liar_fraction: f64,
+    /// Every agent reads each blob in order from its first byte as pieces arrive (as
+    /// `docker pull` through an agent does), and the piece its reader waits for is requested
+    /// first (`Swarm::handle_wanted`). Off: pieces strictly rarest first.
+    #[serde(default)]
+    pub streaming_readers: bool,
 }
 
 /// The dedicated origin seeders: complete for every blob from t = 0.
