@@ -67,6 +67,10 @@ pub struct EngineConfig {
     pub accept_handshake_timeout: Duration,
     /// Commands queued for one shard (from the API and from other shards).
     pub shard_queue_len: usize,
+    /// Blobs in a swarm at once (downloading or seeding). Starting one more stops seeding
+    /// the complete blob that started longest ago (it stays in the cache); with every slot
+    /// downloading, the new download is refused.
+    pub swarm_blobs_max: usize,
 }
 
 impl EngineConfig {
@@ -100,6 +104,7 @@ impl EngineConfig {
             dial_timeout: Duration::from_secs(3),
             accept_handshake_timeout: Duration::from_secs(10),
             shard_queue_len: 1024,
+            swarm_blobs_max: 256,
         }
     }
 
@@ -145,6 +150,9 @@ impl EngineConfig {
         }
         if self.receive_buffer_bytes_per_shard == 0 {
             return Err("receive_buffer_bytes_per_shard must be positive".into());
+        }
+        if self.swarm_blobs_max == 0 {
+            return Err("swarm_blobs_max must be positive".into());
         }
         if self.shard_queue_len == 0 {
             return Err("shard_queue_len must be positive".into());

@@ -45,6 +45,8 @@ pub enum EngineError {
     Input { path: PathBuf, error: String },
     #[error("the engine has shut down")]
     ShutDown,
+    #[error("{limit} blobs are downloading already (swarm_blobs_max)")]
+    TooManyBlobs { limit: usize },
 }
 
 /// The engine's clock: proto's [`shoal_proto::Instant`] counts nanoseconds since start.
@@ -128,6 +130,8 @@ pub(crate) struct BlobShared {
     pub download: Option<DownloadHandle>,
     n_connections: AtomicUsize,
     connections_max: usize,
+    /// When it entered its swarm here (the oldest complete blob stops seeding first).
+    launched: std::time::Instant,
     pieces_fetched: AtomicU64,
     pieces_fetched_initial: AtomicU64,
     pieces_failed: AtomicU64,
@@ -161,6 +165,7 @@ impl BlobShared {
             download,
             n_connections: AtomicUsize::new(0),
             connections_max,
+            launched: std::time::Instant::now(),
             pieces_fetched: AtomicU64::new(0),
             pieces_fetched_initial: AtomicU64::new(0),
             pieces_failed: AtomicU64::new(0),
@@ -672,7 +677,33 @@ impl Engine {
     /// Starts the blob's stripes on their shards, then its announcer.
     async fn launch(&self, blob: Arc<BlobShared>, source: SourceHandle) -> Result<(), EngineError> {
         let shared = &self.shared;
-        lock(&shared.blobs).insert(blob.digest, Arc::clone(&blob));
+        let evicted = {
+            let mut blobs = lock(&shared.blobs);
+            let evicted = if blobs.len() >= shared.config.swarm_blobs_max {
+                // The complete blob that entered its swarm first makes room.
+                let oldest = blobs
+                    .values()
+                    .filter(|b| b.is_complete())
+                    .min_by_key(|b| b.launched)
+                    .map(Arc::clone);
+                let Some(oldest) = oldest else {
+                    return Err(EngineError::TooManyBlobs {
+                        limit: shared.config.swarm_blobs_max,
+                    });
+                };
+                blobs.remove(&oldest.digest);
+                Some(oldest)
+            } else {
+                None
+            };
+            blobs.insert(blob.digest, Arc::clone(&blob));
+            evicted
+        };
+        if let Some(evicted) = evicted {
+            tracing::info!(digest = %evicted.digest, "stops seeding (swarm_blobs_max)");
+            evicted.set_stopped();
+            shared.stop_blob_everywhere(&evicted).await;
+        }
         let mut replies = Vec::new();
         for owner in shared.shards_of_blob(&blob.metainfo) {
             let (reply, wait) = flume::bounded(1);

@@ -196,7 +196,7 @@ fn method_not_allowed(method: &Method, allow: &'static str) -> Response<LocalBod
 }
 
 /// The engine's failures as OCI errors: unknown blobs are 404, unreachable trackers 503
-/// (retry), anything else 500.
+/// (retry), too many downloads at once 429, anything else 500.
 fn engine_error(error: EngineError) -> OciError {
     match error {
         EngineError::NotFound { digest } => OciError::new(
@@ -206,6 +206,9 @@ fn engine_error(error: EngineError) -> OciError {
         .with_detail(serde_json::json!({ "digest": digest.to_string() })),
         EngineError::Tracker(_) | EngineError::ShutDown => {
             OciError::new(ErrorCode::Unavailable, error.to_string())
+        }
+        EngineError::TooManyBlobs { .. } => {
+            OciError::new(ErrorCode::TooManyRequests, error.to_string())
         }
         EngineError::Config(_)
         | EngineError::Startup(_)

@@ -247,3 +247,42 @@ fn the_per_blob_connection_limit_holds() {
     }
     seeder.shutdown();
 }
+
+#[test]
+fn the_swarm_holds_at_most_swarm_blobs_max_blobs() {
+    let dir = Dir::new("swarm-max");
+    let tracker = tracker();
+    let (path_a, _) = blob_file(dir.path(), 2 << 20, 5);
+    let (path_b, _) = blob_file(dir.path(), 2 << 20, 6);
+    let (path_c, _) = blob_file(dir.path(), 2 << 20, 7);
+    let seeder = engine(dir.path(), "seeder", tracker, |c| c.swarm_blobs_max = 1);
+    // A getter whose one slot is taken by a download that cannot finish (nobody seeds it).
+    let getter = engine(dir.path(), "getter", tracker, |c| c.swarm_blobs_max = 1);
+    run(async {
+        let a = seeder.ingest_file(&path_a, None).await.unwrap();
+        let b = seeder.ingest_file(&path_b, None).await.unwrap();
+        seeder.seed(&a).await.unwrap();
+        assert_eq!(seeder.status(&a).unwrap().state, BlobState::Seeding);
+        // Seeding B takes A's place; A stays in the cache.
+        seeder.seed(&b).await.unwrap();
+        assert_eq!(seeder.status(&b).unwrap().state, BlobState::Seeding);
+        assert_eq!(seeder.status(&a).unwrap().state, BlobState::Cached);
+        assert!(seeder.store().has_blob(&a));
+
+        // The getter downloads C, which only a seeder that then leaves ever had: its slot
+        // stays taken by a download, and a second download is refused, not queued.
+        let c = seeder.ingest_file(&path_c, None).await.unwrap();
+        let lone = engine(dir.path(), "lone", tracker, |_| {});
+        lone.ingest_file(&path_c, None).await.unwrap();
+        lone.seed(&c).await.unwrap();
+        lone.shutdown();
+        getter.fetch(&c).await.unwrap();
+        assert_eq!(getter.status(&c).unwrap().state, BlobState::Downloading);
+        match getter.fetch(&b).await {
+            Err(EngineError::TooManyBlobs { limit: 1 }) => {}
+            other => panic!("{other:?}"),
+        }
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
