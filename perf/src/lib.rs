@@ -35,7 +35,8 @@ pub mod report;
 pub mod sim;
 pub mod topology;
 pub mod tracker;
-pub mod units;
+/// Sizes and rates in topology files: the same units as the components' config files.
+pub use shoal_servers::config::units;
 
 /// Everything that can stop a simulation from starting.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

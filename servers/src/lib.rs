@@ -12,6 +12,8 @@
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk) and manifest reference parsing; its HTTP server comes with the
 //!   registry front.
+//! - [`config`]: the components' TOML config files (shared `[engine]` and `[http]`
+//!   sections, human units, unknown keys refused by name).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
@@ -19,6 +21,7 @@ pub use shoal_engine as engine;
 
 pub mod agent;
 pub mod build_index;
+pub mod config;
 pub mod http;
 pub mod tracker;
 pub mod uploads;

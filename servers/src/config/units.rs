@@ -1,5 +1,5 @@
-//! Human units for sizes and rates in topology files: `"1.5GB"`, `"64MiB"`, `"300MB/s"`,
-//! `"10Gbit/s"`.
+//! Human units in config and topology files: sizes and rates (`"1.5GB"`, `"64MiB"`,
+//! `"300MB/s"`, `"10Gbit/s"`) and durations (`"500ms"`, `"2s"`, `"5m"`, `"24h"`).
 //!
 //! Decimal prefixes are powers of ten (`MB` = 10^6 bytes), binary ones powers of two
 //! (`MiB` = 2^20 bytes); `bit` units are eighths of a byte (`Gbit` = 10^9 bits). Unit names are
@@ -173,9 +173,88 @@ impl<'de> Deserialize<'de> for BytesPerSecond {
     }
 }
 
+/// Why a duration did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a duration (a number and one of ms, s, m, h, d; a bare number is seconds)")]
+pub struct DurationError(pub String);
+
+/// Parses a duration such as `"500ms"`, `"2s"`, `"1.5m"`, `"24h"` or `"7d"`; a bare number is
+/// seconds. At most 100 years.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> {
+    let bad = || DurationError(text.to_string());
+    let (number, unit) = split_number(text).map_err(|_| bad())?;
+    let seconds_per_unit = match unit {
+        "ms" => 1e-3,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(bad()),
+    };
+    let seconds = number * seconds_per_unit;
+    if !(0.0..=100.0 * 365.0 * 86_400.0).contains(&seconds) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// A duration in a config file: a string with a unit (`"2s"`, `"24h"`), or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Span(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
+        struct SpanVisitor;
+        impl Visitor<'_> for SpanVisitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"500ms\", \"2s\" or \"24h\", or seconds")
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Span, E> {
+                parse_duration(&value.to_string())
+                    .map(Span)
+                    .map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Span, E> {
+                parse_duration(&value.to_string())
+                    .map(Span)
+                    .map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<Span, E> {
+                parse_duration(&value.to_string())
+                    .map(Span)
+                    .map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Span, E> {
+                parse_duration(text).map(Span).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SpanVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        for (text, expected) in [
+            ("500ms", Duration::from_millis(500)),
+            ("2s", Duration::from_secs(2)),
+            ("2", Duration::from_secs(2)),
+            ("1.5m", Duration::from_secs(90)),
+            ("24h", Duration::from_secs(86_400)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("0s", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(text), Ok(expected), "{text}");
+        }
+        for text in ["", "s", "2 weeks", "-1s", "2S", "1e9d", "ms5"] {
+            assert!(parse_duration(text).is_err(), "{text} parsed");
+        }
+    }
 
     fn check_bytes(text: &str, expected: Result<u64, &str>) {
         match (parse_bytes(text), expected) {

@@ -1,0 +1,338 @@
+//! Config files: one TOML file per component (`shoal <component> --config FILE.toml`), every
+//! key optional with its default in code, unknown keys rejected by name (serde's
+//! `deny_unknown_fields`: the error names the key, the file, the line). The shipped examples
+//! in `configs/` document every key; a test parses each of them.
+//!
+//! Sections shared by several components: [`EngineSection`] (`[engine]`, with
+//! `[engine.store]`) and [`HttpSection`] (`[http]`). Values take human units ([`units`]):
+//! sizes `"16MiB"`, rates `"100MB/s"` or `"1Gbit/s"`, durations `"2s"`, `"24h"`.
+
+pub mod units;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use shoal_engine::transport::UploadPath;
+use shoal_engine::{Driver, EngineConfig};
+
+use crate::http::HttpConfig;
+use crate::tracker::TrackerServerConfig;
+use units::{Bytes, BytesPerSecond, Span};
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Malformed TOML, an unknown key, a value of the wrong type or unit: the message names
+    /// the key and where it is.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// Well-formed but unusable (a watermark above 1, a limit of 0, …).
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads and parses one config file.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses config text (`path` is for messages).
+pub fn parse<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: error.to_string().trim_end().to_owned(),
+    })
+}
+
+/// `"auto"` or `"poll"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverName {
+    Auto,
+    Poll,
+}
+
+/// `"splice"` or `"copy"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadPathName {
+    Splice,
+    Copy,
+}
+
+/// A duration, or `"never"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanOrNever(pub Option<std::time::Duration>);
+
+impl<'de> Deserialize<'de> for SpanOrNever {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<SpanOrNever, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Text(text) if text == "never" => Ok(SpanOrNever(None)),
+            Raw::Text(text) => units::parse_duration(&text)
+                .map(|d| SpanOrNever(Some(d)))
+                .map_err(serde::de::Error::custom),
+            Raw::Seconds(seconds) => Ok(SpanOrNever(Some(std::time::Duration::from_secs(seconds)))),
+        }
+    }
+}
+
+/// `[engine]`: the peer-to-peer data plane of an agent or an origin. Every key is optional;
+/// see `configs/agent.toml` for each one's meaning and default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    pub data_dir: Option<PathBuf>,
+    pub trackers: Option<Vec<SocketAddr>>,
+    pub peer_listen: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub pin_threads: Option<bool>,
+    pub driver: Option<DriverName>,
+    pub upload_path: Option<UploadPathName>,
+    pub egress_limit: Option<BytesPerSecond>,
+    pub ingress_limit: Option<BytesPerSecond>,
+    pub connections_max: Option<usize>,
+    pub connections_per_blob_max: Option<usize>,
+    pub swarm_blobs_max: Option<usize>,
+    pub receive_buffer_per_shard: Option<Bytes>,
+    pub tracker_timeout: Option<Span>,
+    pub dial_timeout: Option<Span>,
+    pub store: StoreSection,
+}
+
+/// `[engine.store]`: the local cache.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    pub evict_idle_after: Option<SpanOrNever>,
+    pub evict_age_max: Option<SpanOrNever>,
+    pub disk_high_watermark: Option<f64>,
+    pub disk_low_watermark: Option<f64>,
+    pub verify_on_start: Option<bool>,
+    pub verify_digest_on_complete: Option<bool>,
+}
+
+/// Rates in a file are bytes per second as floating point; the engine takes whole bytes.
+fn rate(value: BytesPerSecond) -> Option<u64> {
+    (value.0 >= 1.0).then_some(value.0.round() as u64)
+}
+
+impl EngineSection {
+    /// Writes the keys the file sets over `config` (which holds the defaults, or what the
+    /// command line said), then checks the result.
+    pub fn apply(&self, config: &mut EngineConfig) -> Result<(), String> {
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(trackers) = &self.trackers {
+            config.trackers = trackers.clone();
+        }
+        if let Some(listen) = self.peer_listen {
+            config.listen = listen;
+        }
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        if let Some(pin) = self.pin_threads {
+            config.pin_threads = pin;
+        }
+        if let Some(driver) = self.driver {
+            config.driver = match driver {
+                DriverName::Auto => Driver::Auto,
+                DriverName::Poll => Driver::Poll,
+            };
+        }
+        if let Some(path) = self.upload_path {
+            config.upload_path = match path {
+                UploadPathName::Splice => UploadPath::Splice,
+                UploadPathName::Copy => UploadPath::Copy,
+            };
+        }
+        for (value, target, key) in [
+            (
+                self.egress_limit,
+                &mut config.egress_bytes_per_s,
+                "egress_limit",
+            ),
+            (
+                self.ingress_limit,
+                &mut config.ingress_bytes_per_s,
+                "ingress_limit",
+            ),
+        ] {
+            if let Some(value) = value {
+                *target = Some(rate(value).ok_or(format!("engine.{key}: at least 1 B/s"))?);
+            }
+        }
+        if let Some(n) = self.connections_max {
+            config.connections_max = n;
+        }
+        if let Some(n) = self.connections_per_blob_max {
+            config.connections_per_blob_max = n;
+        }
+        if let Some(n) = self.swarm_blobs_max {
+            config.swarm_blobs_max = n;
+        }
+        if let Some(bytes) = self.receive_buffer_per_shard {
+            config.receive_buffer_bytes_per_shard = usize::try_from(bytes.0)
+                .map_err(|_| "engine.receive_buffer_per_shard: too large".to_owned())?;
+        }
+        if let Some(span) = self.tracker_timeout {
+            config.tracker_timeout = span.0;
+        }
+        if let Some(span) = self.dial_timeout {
+            config.dial_timeout = span.0;
+        }
+        let store = &self.store;
+        if let Some(idle) = store.evict_idle_after {
+            config.store.evict_idle_after = idle.0;
+        }
+        if let Some(age) = store.evict_age_max {
+            config.store.evict_age_max = age.0;
+        }
+        if let Some(high) = store.disk_high_watermark {
+            config.store.disk_high_watermark_fraction = high;
+        }
+        if let Some(low) = store.disk_low_watermark {
+            config.store.disk_low_watermark_fraction = low;
+        }
+        if let Some(verify) = store.verify_on_start {
+            config.store.verify_on_start = verify;
+        }
+        if let Some(verify) = store.verify_digest_on_complete {
+            config.store.verify_digest_on_complete = verify;
+        }
+        config.validate()
+    }
+}
+
+/// `[http]`: one HTTP server's bounds.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    pub connections_max: Option<usize>,
+    pub header_read_timeout: Option<Span>,
+    pub request_head_bytes_max: Option<Bytes>,
+}
+
+impl HttpSection {
+    pub fn apply(&self, config: &mut HttpConfig) -> Result<(), String> {
+        if let Some(n) = self.connections_max {
+            config.connections_max = n;
+        }
+        if let Some(span) = self.header_read_timeout {
+            config.header_read_timeout = span.0;
+        }
+        if let Some(bytes) = self.request_head_bytes_max {
+            config.request_head_bytes_max = usize::try_from(bytes.0)
+                .map_err(|_| "http.request_head_bytes_max: too large".to_owned())?;
+        }
+        config.validate()
+    }
+}
+
+/// `shoal agent --config FILE`: `configs/agent.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentFile {
+    pub agent: AgentSection,
+    pub engine: EngineSection,
+    pub http: HttpSection,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// The pull API's address (default 127.0.0.1:5000).
+    pub listen: Option<SocketAddr>,
+}
+
+/// `shoal tracker --config FILE`: `configs/tracker.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerFile {
+    pub tracker: TrackerSection,
+}
+
+/// `[tracker]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackerSection {
+    pub listen: Option<SocketAddr>,
+    pub announce_interval: Option<Span>,
+    pub announce_interval_fast: Option<Span>,
+    pub peer_ttl: Option<Span>,
+    pub sample_size_max: Option<usize>,
+    pub peers_per_info_hash_max: Option<usize>,
+    pub info_hashes_max: Option<usize>,
+    pub peers_max: Option<usize>,
+    pub metainfo_max: Option<usize>,
+    pub metainfo_bytes_max: Option<Bytes>,
+    pub connections_max: Option<usize>,
+    pub request_timeout: Option<Span>,
+}
+
+impl TrackerSection {
+    pub fn apply(&self, config: &mut TrackerServerConfig) -> Result<(), String> {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        let policy = &mut config.tracker;
+        for (value, target) in [
+            (self.announce_interval, &mut policy.announce_interval),
+            (
+                self.announce_interval_fast,
+                &mut policy.announce_interval_fast,
+            ),
+            (self.peer_ttl, &mut policy.peer_ttl),
+        ] {
+            if let Some(span) = value {
+                *target = span.0;
+            }
+        }
+        for (value, target) in [
+            (self.sample_size_max, &mut policy.sample_size_max),
+            (
+                self.peers_per_info_hash_max,
+                &mut policy.peers_per_info_hash_max,
+            ),
+            (self.info_hashes_max, &mut policy.info_hashes_max),
+            (self.peers_max, &mut policy.peers_max),
+            (self.metainfo_max, &mut config.metainfo_max),
+            (self.connections_max, &mut config.connections_max),
+        ] {
+            if let Some(n) = value {
+                *target = n;
+            }
+        }
+        if let Some(bytes) = self.metainfo_bytes_max {
+            config.metainfo_bytes_max = usize::try_from(bytes.0)
+                .map_err(|_| "tracker.metainfo_bytes_max: too large".to_owned())?;
+        }
+        if let Some(span) = self.request_timeout {
+            config.request_timeout = span.0;
+        }
+        config.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests;
