@@ -14,6 +14,7 @@
 //! error, logged at debug); the response body is dropped, which releases the blob it pinned.
 
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod range;
 pub mod route;
