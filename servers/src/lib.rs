@@ -20,5 +20,7 @@ pub use shoal_engine as engine;
 pub mod agent;
 pub mod build_index;
 pub mod http;
+pub mod proxy;
+pub mod registry;
 pub mod tracker;
 pub mod uploads;

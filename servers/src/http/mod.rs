@@ -16,6 +16,7 @@
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod query;
 pub mod range;
 pub mod route;
 
