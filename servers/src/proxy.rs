@@ -158,9 +158,15 @@ impl Proxy {
     /// periodically. Returns how many went.
     pub async fn expire_idle_uploads(&self) -> usize {
         let uploads = Arc::clone(&self.uploads);
-        compio::runtime::spawn_blocking(move || uploads.expire_idle(std::time::SystemTime::now()))
-            .await
-            .unwrap_or(0)
+        let n = compio::runtime::spawn_blocking(move || {
+            uploads.expire_idle(std::time::SystemTime::now())
+        })
+        .await
+        .unwrap_or(0);
+        if n > 0 {
+            tracing::info!(n, "expired idle uploads");
+        }
+        n
     }
 
     async fn route(&self, parts: &Parts, body: Incoming) -> Reply {
