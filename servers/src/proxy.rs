@@ -78,20 +78,37 @@ pub struct Proxy {
 
 /// A failed request: the OCI error, the status to send it with (the code's own unless
 /// overridden: 413, 416, 507…), and extra headers (`Range` and `Location` on a 416).
+/// Boxed: it travels up through every `?`, and the success path should stay small.
 #[derive(Debug)]
-struct Failure {
+struct Failure(Box<FailureParts>);
+
+#[derive(Debug)]
+struct FailureParts {
     error: OciError,
     status: StatusCode,
     headers: HeaderMap,
 }
 
+impl std::ops::Deref for Failure {
+    type Target = FailureParts;
+    fn deref(&self) -> &FailureParts {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Failure {
+    fn deref_mut(&mut self) -> &mut FailureParts {
+        &mut self.0
+    }
+}
+
 impl From<OciError> for Failure {
     fn from(error: OciError) -> Failure {
-        Failure {
+        Failure(Box::new(FailureParts {
             status: error.code.status(),
             error,
             headers: HeaderMap::new(),
-        }
+        }))
     }
 }
 
@@ -112,9 +129,14 @@ impl Failure {
     }
 
     fn into_response(self) -> Response<LocalBody> {
-        let mut response = self.error.into_response();
-        *response.status_mut() = self.status;
-        response.headers_mut().extend(self.headers);
+        let FailureParts {
+            error,
+            status,
+            headers,
+        } = *self.0;
+        let mut response = error.into_response();
+        *response.status_mut() = status;
+        response.headers_mut().extend(headers);
         response
     }
 }

@@ -78,9 +78,11 @@ impl Handler for FakeOrigin {
 }
 
 /// (repo, tag) → (digest, media type, version).
+type Tags = BTreeMap<(String, String), (String, String, u64)>;
+
 #[derive(Default)]
 struct FakeIndex {
-    tags: RefCell<BTreeMap<(String, String), (String, String, u64)>>,
+    tags: RefCell<Tags>,
 }
 
 impl FakeIndex {
