@@ -12,6 +12,9 @@
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk) and manifest reference parsing; its HTTP server comes with the
 //!   registry front.
+//! - [`proxy`]: the push API (uploads, mounts, manifests, tags, catalog) over the upload
+//!   store and [`registry::Registry`], the client of the origin's and build-index's internal
+//!   HTTP APIs (shared with the agent's pull side later).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
