@@ -14,6 +14,9 @@
 //!   registry front.
 //! - [`config`]: the components' TOML config files (shared `[engine]` and `[http]`
 //!   sections, human units, unknown keys refused by name).
+//! - [`proxy`]: the push API (uploads, mounts, manifests, tags, catalog) over the upload
+//!   store and [`registry::Registry`], the client of the origin's and build-index's internal
+//!   HTTP APIs (shared with the agent's pull side later).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
@@ -23,5 +26,7 @@ pub mod agent;
 pub mod build_index;
 pub mod config;
 pub mod http;
+pub mod proxy;
+pub mod registry;
 pub mod tracker;
 pub mod uploads;

@@ -1,7 +1,8 @@
 //! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
 //! subcommands with the servers; today it carries the operator tools that only need the
 //! protocol crate, a minimal tracker (`shoal tracker`), a standalone peer (`shoal peer`) and
-//! the agent's first slice (`shoal agent`: `/v2/` and blobs).
+//! the agent's first slice (`shoal agent`: `/v2/` and blobs) and the proxy (`shoal proxy`:
+//! the push API).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod agent;
 mod peer;
+mod proxy;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
 use shoal_servers::tracker::{self, TrackerServerConfig};
@@ -46,6 +48,9 @@ enum Command {
     /// Run the agent: the OCI pull API on `--listen` (loopback) over one engine that
     /// fetches blobs through the swarm. Prints `agent listening on ADDR` once it serves.
     Agent(agent::AgentArgs),
+    /// Run the proxy: the OCI push API on `--listen`, uploads staged under `--data-dir`,
+    /// blobs to `--origin`, tags to `--build-index`. Prints `proxy listening on ADDR`.
+    Proxy(proxy::ProxyArgs),
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
@@ -87,6 +92,7 @@ fn init_logs() {
 fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Agent(args) => agent::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {

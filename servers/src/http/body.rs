@@ -32,6 +32,8 @@ enum Kind {
     /// Taken when sent.
     Full(Option<Bytes>),
     Blob(BlobBody),
+    /// Any other body (an upstream response relayed as it arrives).
+    Stream(Pin<Box<dyn Body<Data = Bytes, Error = io::Error>>>),
 }
 
 impl std::fmt::Debug for Kind {
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Kind {
             Kind::Empty => f.write_str("Empty"),
             Kind::Full(bytes) => write!(f, "Full({:?} bytes)", bytes.as_ref().map(Bytes::len)),
             Kind::Blob(blob) => write!(f, "Blob({} bytes left)", blob.remaining),
+            Kind::Stream(body) => write!(f, "Stream({:?})", body.size_hint()),
         }
     }
 }
@@ -89,6 +92,16 @@ impl LocalBody {
     }
 }
 
+impl LocalBody {
+    /// Relays `body` frame by frame as hyper asks for them (so memory holds one frame at a
+    /// time): the proxy uses it to pass an upstream's response on.
+    pub fn stream(body: impl Body<Data = Bytes, Error = io::Error> + 'static) -> LocalBody {
+        LocalBody {
+            kind: Kind::Stream(Box::pin(body)),
+        }
+    }
+}
+
 fn read_chunk(mut stream: Box<BlobReader>) -> ChunkRead {
     Box::pin(async move {
         // Fits in usize: at most BLOB_CHUNK_BYTES.
@@ -110,6 +123,7 @@ impl Body for LocalBody {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Kind::Blob(blob) => blob.poll_chunk(cx),
+            Kind::Stream(body) => body.as_mut().poll_frame(cx),
         }
     }
 
@@ -118,6 +132,7 @@ impl Body for LocalBody {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Blob(blob) => matches!(blob.state, BlobState::Done),
+            Kind::Stream(body) => body.is_end_stream(),
         }
     }
 
@@ -126,6 +141,7 @@ impl Body for LocalBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Blob(blob) => SizeHint::with_exact(blob.remaining),
+            Kind::Stream(body) => body.size_hint(),
         }
     }
 }

@@ -14,7 +14,9 @@
 //! error, logged at debug); the response body is dropped, which releases the blob it pinned.
 
 pub mod body;
+pub mod client;
 pub mod error;
+pub mod query;
 pub mod range;
 pub mod route;
 

@@ -1,0 +1,526 @@
+//! [`Registry`]: the client side of the origin's and the build-index's internal HTTP APIs,
+//! shared by the proxy (push) and, later, the agent (pull: tag → digest → manifest).
+//!
+//! Today one origin and one build-index (clusters, with the hash ring, come later behind the
+//! same methods). The APIs it speaks:
+//! - origin: `PUT /internal/blobs/<digest>` (body with `Content-Length`; 201, idempotent),
+//!   `HEAD` (200 + `Content-Length`, or 404), `GET` (bytes, `Range` supported);
+//! - build-index: `GET|PUT|DELETE /internal/tags/<repo>/<tag>` (records
+//!   `{"digest","media_type","version"}`), `GET /internal/tags/<repo>?n=&last=` and
+//!   `GET /internal/repositories?n=&last=` (paginated with `Link: <…>; rel="next"`).
+//!
+//! Every digest that comes back is checked: a manifest fetched by digest must hash to it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+use shoal_proto::Digest;
+
+use crate::build_index::MANIFEST_LEN_MAX;
+use crate::http::client::{ClientBody, ClientError, HttpClient};
+use crate::http::query;
+use crate::http::{ErrorCode, OciError};
+
+/// Largest JSON body accepted from the build-index (a tag record or one page of a listing:
+/// at most `PAGE_LEN_MAX` names of at most 255 bytes each, with room to spare).
+pub const INDEX_RESPONSE_BYTES_MAX: usize = 4 << 20;
+
+/// What the build-index says a tag points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagTarget {
+    pub digest: Digest,
+    pub media_type: String,
+    pub version: u64,
+}
+
+#[derive(Deserialize)]
+struct RawTagTarget {
+    digest: String,
+    media_type: String,
+    version: u64,
+}
+
+#[derive(Serialize)]
+struct TagPut<'a> {
+    digest: String,
+    media_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expected_version: Option<u64>,
+}
+
+/// One page of a listing from the build-index: its JSON body as sent, and the query string
+/// of the next page when there is one (taken from the `Link` header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub body: Bytes,
+    pub next_query: Option<String>,
+}
+
+/// A failure talking to the origin or the build-index.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Unreachable or too slow: retry later (503).
+    #[error("{upstream} unavailable: {source}")]
+    Unavailable {
+        upstream: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    /// An answer the API does not give for this request.
+    #[error("{upstream} answered {status} to {what}")]
+    Status {
+        upstream: &'static str,
+        what: String,
+        status: StatusCode,
+    },
+    /// An answer that does not make sense (bad JSON, a manifest that does not hash to its
+    /// digest, a body past its bound).
+    #[error("{upstream} sent an invalid answer to {what}: {message}")]
+    Invalid {
+        upstream: &'static str,
+        what: String,
+        message: String,
+    },
+}
+
+impl RegistryError {
+    /// The OCI error a server answers with: 503 `UNAVAILABLE` when the upstream is
+    /// unreachable or failing (5xx), 500 `UNKNOWN` for anything else.
+    pub fn to_oci(&self) -> OciError {
+        let code = match self {
+            RegistryError::Unavailable { .. } => ErrorCode::Unavailable,
+            RegistryError::Status { status, .. } if status.is_server_error() => {
+                ErrorCode::Unavailable
+            }
+            RegistryError::Status { .. } | RegistryError::Invalid { .. } => ErrorCode::Unknown,
+        };
+        OciError::new(code, self.to_string())
+    }
+}
+
+const ORIGIN: &str = "origin";
+const BUILD_INDEX: &str = "build-index";
+
+/// The origin and build-index, as one client. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    client: HttpClient,
+    origin: SocketAddr,
+    build_index: SocketAddr,
+}
+
+impl Registry {
+    pub fn new(client: HttpClient, origin: SocketAddr, build_index: SocketAddr) -> Registry {
+        Registry {
+            client,
+            origin,
+            build_index,
+        }
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    async fn call(
+        &self,
+        upstream: &'static str,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: ClientBody,
+    ) -> Result<Response<Incoming>, RegistryError> {
+        let addr = if upstream == ORIGIN {
+            self.origin
+        } else {
+            self.build_index
+        };
+        self.client
+            .request(method, addr, path, headers, body)
+            .await
+            .map_err(|source| RegistryError::Unavailable { upstream, source })
+    }
+
+    async fn read(
+        &self,
+        upstream: &'static str,
+        what: &str,
+        body: Incoming,
+        max: usize,
+    ) -> Result<Bytes, RegistryError> {
+        self.client
+            .read_body(body, max)
+            .await
+            .map_err(|source| match source {
+                ClientError::BodyTooLarge { .. } => RegistryError::Invalid {
+                    upstream,
+                    what: what.to_owned(),
+                    message: source.to_string(),
+                },
+                source => RegistryError::Unavailable { upstream, source },
+            })
+    }
+
+    /// The blob's length on the origin, or `None` if the origin does not have it.
+    pub async fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        let what = format!("HEAD blob {digest}");
+        let path = format!("/internal/blobs/{digest}");
+        let response = self
+            .call(
+                ORIGIN,
+                Method::HEAD,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let len = response
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| RegistryError::Invalid {
+                        upstream: ORIGIN,
+                        what: what.clone(),
+                        message: "no valid Content-Length".into(),
+                    })?;
+                Ok(Some(len))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(status_error(ORIGIN, what, status)),
+        }
+    }
+
+    /// Whether the origin has the blob.
+    pub async fn blob_exists(&self, digest: &Digest) -> Result<bool, RegistryError> {
+        Ok(self.blob_len(digest).await?.is_some())
+    }
+
+    /// Stores a verified blob on the origin, streaming the first `len` bytes of the file at
+    /// `path` (one chunk in memory at a time).
+    pub async fn put_blob_file(
+        &self,
+        digest: &Digest,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), RegistryError> {
+        let body = ClientBody::file(path, len)
+            .await
+            .map_err(|e| RegistryError::Invalid {
+                upstream: "local disk",
+                what: format!("PUT blob {digest}"),
+                message: e.to_string(),
+            })?;
+        self.put_blob(digest, body).await
+    }
+
+    /// Stores `bytes` (whose digest the caller checked) on the origin.
+    pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), RegistryError> {
+        self.put_blob(digest, ClientBody::bytes(bytes)).await
+    }
+
+    async fn put_blob(&self, digest: &Digest, body: ClientBody) -> Result<(), RegistryError> {
+        let path = format!("/internal/blobs/{digest}");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let response = self.call(ORIGIN, Method::PUT, &path, headers, body).await?;
+        match response.status() {
+            StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
+            status => Err(status_error(ORIGIN, format!("PUT blob {digest}"), status)),
+        }
+    }
+
+    /// `GET` of a blob on the origin with the client's `Range`, if any: the origin's 200,
+    /// 206 or 416 response with its body still to read, or `None` if it has no such blob.
+    pub async fn get_blob(
+        &self,
+        digest: &Digest,
+        range: Option<&HeaderValue>,
+    ) -> Result<Option<Response<Incoming>>, RegistryError> {
+        let path = format!("/internal/blobs/{digest}");
+        let mut headers = HeaderMap::new();
+        if let Some(range) = range {
+            headers.insert(header::RANGE, range.clone());
+        }
+        let response = self
+            .call(ORIGIN, Method::GET, &path, headers, ClientBody::empty())
+            .await?;
+        match response.status() {
+            StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {
+                Ok(Some(response))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(status_error(ORIGIN, format!("GET blob {digest}"), status)),
+        }
+    }
+
+    /// A manifest's bytes from the origin (manifests are stored there as blobs), checked
+    /// against `digest` and bounded by [`MANIFEST_LEN_MAX`]; `None` if the origin lacks it.
+    pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Option<Bytes>, RegistryError> {
+        let what = format!("GET manifest {digest}");
+        let Some(response) = self.get_blob(digest, None).await? else {
+            return Ok(None);
+        };
+        if response.status() != StatusCode::OK {
+            return Err(status_error(ORIGIN, what, response.status()));
+        }
+        let bytes = self
+            .read(ORIGIN, &what, response.into_body(), MANIFEST_LEN_MAX)
+            .await?;
+        let actual = digest_like(digest, &bytes);
+        if actual != *digest {
+            return Err(RegistryError::Invalid {
+                upstream: ORIGIN,
+                what,
+                message: format!("content hashes to {actual}"),
+            });
+        }
+        Ok(Some(bytes))
+    }
+
+    /// What `repo:tag` points at, or `None` if the build-index has no such tag.
+    pub async fn resolve_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+    ) -> Result<Option<TagTarget>, RegistryError> {
+        let what = format!("GET tag {repo}:{tag}");
+        let path = format!("/internal/tags/{repo}/{tag}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let bytes = self
+                    .read(
+                        BUILD_INDEX,
+                        &what,
+                        response.into_body(),
+                        INDEX_RESPONSE_BYTES_MAX,
+                    )
+                    .await?;
+                let invalid = |message: String| RegistryError::Invalid {
+                    upstream: BUILD_INDEX,
+                    what: what.clone(),
+                    message,
+                };
+                let raw: RawTagTarget =
+                    serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+                let digest = Digest::parse(&raw.digest).map_err(|e| invalid(e.to_string()))?;
+                Ok(Some(TagTarget {
+                    digest,
+                    media_type: raw.media_type,
+                    version: raw.version,
+                }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(status_error(BUILD_INDEX, what, status)),
+        }
+    }
+
+    /// Points `repo:tag` at `digest`. The caller makes sure everything the manifest
+    /// references is stored first.
+    pub async fn put_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &Digest,
+        media_type: &str,
+        expected_version: Option<u64>,
+    ) -> Result<(), RegistryError> {
+        let what = format!("PUT tag {repo}:{tag}");
+        let body = serde_json::to_vec(&TagPut {
+            digest: digest.to_string(),
+            media_type,
+            expected_version,
+        })
+        .map_err(|e| RegistryError::Invalid {
+            upstream: BUILD_INDEX,
+            what: what.clone(),
+            message: e.to_string(),
+        })?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let path = format!("/internal/tags/{repo}/{tag}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::PUT,
+                &path,
+                headers,
+                ClientBody::bytes(body),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK | StatusCode::CREATED | StatusCode::NO_CONTENT => Ok(()),
+            status => Err(status_error(BUILD_INDEX, what, status)),
+        }
+    }
+
+    /// Deletes a tag; `false` if there was none.
+    pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, RegistryError> {
+        let path = format!("/internal/tags/{repo}/{tag}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::DELETE,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => Err(status_error(
+                BUILD_INDEX,
+                format!("DELETE tag {repo}:{tag}"),
+                status,
+            )),
+        }
+    }
+
+    /// One page of `repo`'s tags (`{"name","tags"}`), or `None` if the repository is unknown.
+    pub async fn list_tags(
+        &self,
+        repo: &str,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Option<Listing>, RegistryError> {
+        let path = format!("/internal/tags/{repo}{}", page_query(n, last));
+        self.list(&path, format!("list tags of {repo}")).await
+    }
+
+    /// One page of the repositories (`{"repositories"}`).
+    pub async fn list_repositories(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Listing, RegistryError> {
+        let path = format!("/internal/repositories{}", page_query(n, last));
+        let what = "list repositories".to_owned();
+        match self.list(&path, what.clone()).await? {
+            Some(listing) => Ok(listing),
+            None => Err(status_error(BUILD_INDEX, what, StatusCode::NOT_FOUND)),
+        }
+    }
+
+    async fn list(&self, path: &str, what: String) -> Result<Option<Listing>, RegistryError> {
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::GET,
+                path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let next_query = response
+                    .headers()
+                    .get(header::LINK)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(next_link_query);
+                let body = self
+                    .read(
+                        BUILD_INDEX,
+                        &what,
+                        response.into_body(),
+                        INDEX_RESPONSE_BYTES_MAX,
+                    )
+                    .await?;
+                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
+                    return Err(RegistryError::Invalid {
+                        upstream: BUILD_INDEX,
+                        what,
+                        message: e.to_string(),
+                    });
+                }
+                Ok(Some(Listing { body, next_query }))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(status_error(BUILD_INDEX, what, status)),
+        }
+    }
+}
+
+fn status_error(upstream: &'static str, what: String, status: StatusCode) -> RegistryError {
+    RegistryError::Status {
+        upstream,
+        what,
+        status,
+    }
+}
+
+/// `?n=…&last=…` (either may be absent), values percent-encoded.
+pub fn page_query(n: Option<usize>, last: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = n {
+        parts.push(format!("n={n}"));
+    }
+    if let Some(last) = last {
+        parts.push(format!("last={}", query::encode(last)));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+/// The query string of a `Link: <path?query>; rel="next"` header.
+pub fn next_link_query(link: &str) -> Option<String> {
+    link.split(',').find_map(|one| {
+        let (target, params) = one.trim().split_once('>')?;
+        let target = target.strip_prefix('<')?;
+        if !params.contains("rel=\"next\"") && !params.contains("rel=next") {
+            return None;
+        }
+        let (_, query) = target.split_once('?')?;
+        Some(query.to_owned())
+    })
+}
+
+/// The digest of `bytes` with `like`'s algorithm.
+pub fn digest_like(like: &Digest, bytes: &[u8]) -> Digest {
+    match like {
+        Digest::Sha256(_) => Digest::sha256_of(bytes),
+        Digest::Sha512(_) => Digest::sha512_of(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_and_queries() {
+        assert_eq!(
+            next_link_query("</internal/tags/a/b?n=2&last=x>; rel=\"next\"").as_deref(),
+            Some("n=2&last=x")
+        );
+        assert_eq!(next_link_query("</x?n=1>; rel=\"prev\""), None);
+        assert_eq!(next_link_query("garbage"), None);
+        assert_eq!(page_query(None, None), "");
+        assert_eq!(page_query(Some(3), Some("a/b")), "?n=3&last=a%2Fb");
+    }
+}

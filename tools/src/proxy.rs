@@ -1,0 +1,79 @@
+//! `shoal proxy`: the OCI distribution push API. Uploads are staged and verified under
+//! `--data-dir`, blobs go to one origin and tags to one build-index (clusters come later).
+//! One compio runtime on the main thread; the upload store's blocking work runs on compio's
+//! blocking threads.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use shoal_servers::http::client::{ClientConfig, HttpClient};
+use shoal_servers::http::{self, HttpConfig};
+use shoal_servers::proxy::Proxy;
+use shoal_servers::registry::Registry;
+use shoal_servers::uploads::{UploadLimits, UploadStore};
+
+/// How often idle upload sessions are swept.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// The push API's address.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    listen: SocketAddr,
+    /// Where upload sessions are staged (`<data-dir>/uploads`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The origin's internal API.
+    #[arg(long)]
+    origin: SocketAddr,
+    /// The build-index's internal API.
+    #[arg(long)]
+    build_index: SocketAddr,
+    /// HTTP connections served at once (more wait in the kernel's backlog).
+    #[arg(long, default_value_t = HttpConfig::default().connections_max)]
+    http_connections_max: usize,
+}
+
+/// Runs the proxy until the process is killed. Prints `proxy listening on ADDR` once it
+/// accepts connections.
+pub fn run(args: ProxyArgs) -> Result<(), String> {
+    let config = HttpConfig {
+        connections_max: args.http_connections_max,
+        ..HttpConfig::default()
+    };
+    config.validate()?;
+    let root = args.data_dir.join("uploads");
+    let (store, _report) =
+        UploadStore::open(&root, UploadLimits::default()).map_err(|e| e.to_string())?;
+    let registry = Registry::new(
+        HttpClient::new(ClientConfig::default()),
+        args.origin,
+        args.build_index,
+    );
+    let proxy = Rc::new(Proxy::new(Arc::new(store), registry));
+    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = compio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+        let sweeper = Rc::clone(&proxy);
+        compio::runtime::spawn(async move {
+            loop {
+                compio::time::sleep(EXPIRE_INTERVAL).await;
+                sweeper.expire_idle_uploads().await;
+            }
+        })
+        .detach();
+        println!("proxy listening on {bound}");
+        http::serve(listener, proxy, config)
+            .await
+            .map_err(|e| format!("proxy: {e}"))
+    })
+}
