@@ -6,6 +6,8 @@
 //!   response body (blobs streamed from the engine), the OCI error model, the distribution
 //!   API's paths and `Range` header.
 //! - [`agent`]: the agent's pull API over one engine (first slice: `/v2/` and blobs).
+//! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
+//!   GET) over one origin engine, which stores and seeds what is pushed.
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
@@ -20,5 +22,6 @@ pub use shoal_engine as engine;
 pub mod agent;
 pub mod build_index;
 pub mod http;
+pub mod origin;
 pub mod tracker;
 pub mod uploads;
