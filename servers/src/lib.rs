@@ -12,8 +12,8 @@
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
-//!   on local disk) and manifest reference parsing; its HTTP server comes with the
-//!   registry front.
+//!   on local disk), manifest reference parsing, and its internal HTTP API
+//!   (`build_index::server::BuildIndex`).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
