@@ -410,10 +410,13 @@ async fn discard(mut body: Incoming, len: u64) -> Result<(), OciError> {
 
 /// Removes `dir` and everything in it (leftovers of a crash), then makes it again, empty.
 fn reset_dir(dir: &Path) -> io::Result<()> {
+    let context = |op: &str, error: io::Error| {
+        io::Error::new(error.kind(), format!("{op} {}: {error}", dir.display()))
+    };
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
+        Err(error) => return Err(context("remove", error)),
     }
-    std::fs::create_dir_all(dir)
+    std::fs::create_dir_all(dir).map_err(|e| context("create", e))
 }
