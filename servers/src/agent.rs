@@ -16,24 +16,21 @@
 //! threads, and each blob stream reads the store's files from this runtime. Serving HTTP
 //! on the shards themselves is a later optimisation.
 
-use http::header::{
-    ACCEPT_RANGES, ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderName,
-};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use shoal_engine::{Engine, EngineError};
+use shoal_engine::Engine;
 use shoal_proto::Digest;
 
-use crate::http::range::{self, RangeRequest};
+pub use crate::http::blob::CONTENT_DIGEST_HEADER;
+use crate::http::blob::{blob_response, engine_error};
 use crate::http::route::Route;
-use crate::http::{ErrorCode, Handler, LocalBody, OciError};
+use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
 
 /// Sent on every response: clients check it on `/v2/`.
 pub const API_VERSION_HEADER: HeaderName =
     HeaderName::from_static("docker-distribution-api-version");
 pub const API_VERSION: &str = "registry/2.0";
-/// The digest of the content sent.
-pub const CONTENT_DIGEST_HEADER: HeaderName = HeaderName::from_static("docker-content-digest");
 
 /// The agent's HTTP handler.
 #[derive(Debug)]
@@ -134,93 +131,6 @@ impl Agent {
             self.engine.fetch(digest).await.map_err(engine_error)?;
         }
         let blob_len = self.engine.blob_len(digest).await.map_err(engine_error)?;
-        let requested = headers.get(http::header::RANGE).map(HeaderValue::as_bytes);
-        let (status, range) = match range::resolve(requested, blob_len) {
-            RangeRequest::Whole => (StatusCode::OK, 0..blob_len),
-            RangeRequest::Part(range) => (StatusCode::PARTIAL_CONTENT, range),
-            RangeRequest::Unsatisfiable => {
-                let mut response = OciError::new(
-                    ErrorCode::RangeInvalid,
-                    format!("no byte of {digest} ({blob_len} bytes) is in the requested range"),
-                )
-                .into_response();
-                response.headers_mut().insert(
-                    CONTENT_RANGE,
-                    header_value(range::content_range_unsatisfied(blob_len))?,
-                );
-                return Ok(response);
-            }
-        };
-        let body = if head {
-            LocalBody::empty()
-        } else {
-            let stream = self
-                .engine
-                .open(digest, Some(range.clone()))
-                .await
-                .map_err(engine_error)?;
-            LocalBody::blob(stream)
-        };
-        let mut response = Response::new(body);
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(range.end - range.start));
-        headers.insert(CONTENT_DIGEST_HEADER, header_value(digest.to_string())?);
-        headers.insert(ETAG, header_value(format!("\"{digest}\""))?);
-        headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        if status == StatusCode::PARTIAL_CONTENT {
-            headers.insert(
-                CONTENT_RANGE,
-                header_value(range::content_range(&range, blob_len))?,
-            );
-        }
-        Ok(response)
+        blob_response(&self.engine, digest, blob_len, headers, head).await
     }
-}
-
-/// 405 with `Allow`.
-fn method_not_allowed(method: &Method, allow: &'static str) -> Response<LocalBody> {
-    let mut response = OciError::new(
-        ErrorCode::Unsupported,
-        format!("{method} is not supported here (allowed: {allow})"),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
-/// The engine's failures as OCI errors: unknown blobs are 404, unreachable trackers 503
-/// (retry), too many downloads at once 429, anything else 500.
-fn engine_error(error: EngineError) -> OciError {
-    match error {
-        EngineError::NotFound { digest } => OciError::new(
-            ErrorCode::BlobUnknown,
-            format!("blob {digest} is unknown to the trackers"),
-        )
-        .with_detail(serde_json::json!({ "digest": digest.to_string() })),
-        EngineError::Tracker(_) | EngineError::ShutDown => {
-            OciError::new(ErrorCode::Unavailable, error.to_string())
-        }
-        EngineError::TooManyBlobs { .. } => {
-            OciError::new(ErrorCode::TooManyRequests, error.to_string())
-        }
-        EngineError::Config(_)
-        | EngineError::Startup(_)
-        | EngineError::Store(_)
-        | EngineError::Failed { .. }
-        | EngineError::Removed { .. }
-        | EngineError::Input { .. } => OciError::new(ErrorCode::Unknown, error.to_string()),
-    }
-}
-
-/// A header value from text we built (digests, numbers): always valid, checked anyway.
-fn header_value(text: String) -> Result<HeaderValue, OciError> {
-    HeaderValue::try_from(text)
-        .map_err(|e| OciError::new(ErrorCode::Unknown, format!("bad header value: {e}")))
 }

@@ -6,6 +6,8 @@
 //!   response body (blobs streamed from the engine), the OCI error model, the distribution
 //!   API's paths and `Range` header.
 //! - [`agent`]: the agent's pull API over one engine (first slice: `/v2/` and blobs).
+//! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
+//!   GET) over one origin engine, which stores and seeds what is pushed.
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
@@ -17,6 +19,8 @@
 //! - [`proxy`]: the push API (uploads, mounts, manifests, tags, catalog) over the upload
 //!   store and [`registry::Registry`], the client of the origin's and build-index's internal
 //!   HTTP APIs (shared with the agent's pull side later).
+//!   on local disk), manifest reference parsing, and its internal HTTP API
+//!   (`build_index::server::BuildIndex`).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
@@ -26,6 +30,7 @@ pub mod agent;
 pub mod build_index;
 pub mod config;
 pub mod http;
+pub mod origin;
 pub mod proxy;
 pub mod registry;
 pub mod tracker;

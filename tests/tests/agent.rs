@@ -4,105 +4,44 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::future::Future;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::rc::Rc;
-use std::thread::JoinHandle;
+mod common;
 
-use shoal_engine::{Engine, EngineConfig};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+
+use common::{Served, WAIT_MAX as READ_WAIT_MAX, bytes, curl, engine, run, scratch, tracker};
+use shoal_engine::Engine;
 use shoal_proto::Digest;
 use shoal_servers::agent::Agent;
-use shoal_servers::http::{HttpConfig, serve};
-use shoal_servers::tracker::TrackerServerConfig;
-
-/// Longest wait for a raw client's read (a leaked connection slot would block it).
-const READ_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn run<F: Future>(body: F) -> F::Output {
-    compio::runtime::Runtime::new().unwrap().block_on(body)
-}
-
-fn tracker() -> SocketAddr {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        run(async move {
-            let listener = compio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            sender.send(listener.local_addr().unwrap()).unwrap();
-            shoal_servers::tracker::serve(listener, TrackerServerConfig::default(), 7)
-                .await
-                .unwrap();
-        });
-    });
-    receiver.recv().unwrap()
-}
-
-fn engine(dir: &Path, name: &str, tracker: SocketAddr) -> Engine {
-    let mut config = EngineConfig::new(dir.join(name), vec![tracker]);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.shards = 2;
-    config.pin_threads = false;
-    Engine::start(config).unwrap()
-}
 
 /// A tracker, a seeder, and an agent serving HTTP on its own thread; torn down on drop.
 struct Fixture {
     dir: PathBuf,
     seeder: Engine,
     agent: Engine,
-    http: SocketAddr,
-    stop: flume::Sender<()>,
-    server: Option<JoinHandle<()>>,
+    server: Option<Served>,
 }
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let shm = Path::new("/dev/shm");
-        let base = if shm.is_dir() {
-            shm.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        let dir = base.join(format!("shoal-agent-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("agent", name);
         let tracker = tracker();
         let seeder = engine(&dir, "seeder", tracker);
         let agent = engine(&dir, "agent", tracker);
-        let (stop, stopped) = flume::bounded::<()>(1);
-        let (ready, address) = std::sync::mpsc::channel();
         let served = agent.clone();
-        let server = std::thread::spawn(move || {
-            run(async move {
-                let listener = compio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                ready.send(listener.local_addr().unwrap()).unwrap();
-                let config = HttpConfig {
-                    connections_max: 8,
-                    ..HttpConfig::default()
-                };
-                let server =
-                    compio::runtime::spawn(serve(listener, Rc::new(Agent::new(served)), config));
-                let _ = stopped.recv_async().await;
-                drop(server);
-            });
-        });
+        let server = Served::start(move || async move { Agent::new(served) });
         Fixture {
             dir,
             seeder,
             agent,
-            http: address.recv().unwrap(),
-            stop,
             server: Some(server),
         }
     }
 
     /// A blob of `len` pseudo-random bytes, ingested and seeded by the seeder.
     fn seed(&self, len: usize, seed: u8) -> (Digest, Vec<u8>) {
-        let bytes: Vec<u8> = (0..len)
-            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
-            .collect();
+        let bytes = bytes(len, seed);
         let path = self.dir.join(format!("blob-{seed}"));
         std::fs::write(&path, &bytes).unwrap();
         let digest = run(async {
@@ -114,7 +53,11 @@ impl Fixture {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+        self.server().url(path)
+    }
+
+    fn server(&self) -> &Served {
+        self.server.as_ref().unwrap()
     }
 
     fn blob_url(&self, digest: &Digest) -> String {
@@ -124,73 +67,10 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(server) = self.server.take() {
-            let _ = server.join();
-        }
+        drop(self.server.take());
         self.agent.shutdown();
         self.seeder.shutdown();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// One response as curl saw it.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn error_code(&self) -> String {
-        assert_eq!(self.header("content-type"), Some("application/json"));
-        let value: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
-        value["errors"][0]["code"].as_str().unwrap().to_owned()
-    }
-}
-
-/// Runs `curl -s -i ARGS…` (`-I` instead of `-i` for a HEAD) and splits its output.
-fn curl(args: &[&str]) -> Reply {
-    let head = args.contains(&"-I");
-    let mut command = Command::new("curl");
-    command.arg("-s").arg("--max-time").arg("60");
-    if !head {
-        command.arg("-i");
-    }
-    let output = command.args(args).output().unwrap();
-    assert!(output.status.success(), "curl {args:?}: {output:?}");
-    let text = output.stdout;
-    let split = text
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(text.len());
-    let head_text = String::from_utf8_lossy(&text[..split]).into_owned();
-    let body = text.get(split + 4..).unwrap_or_default().to_vec();
-    let mut lines = head_text.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body,
     }
 }
 
@@ -397,7 +277,7 @@ fn a_client_hanging_up_mid_body_leaves_the_others_served() {
     // A client that reads a little of the body and hangs up, a few times over (more than
     // the 8 connection slots: a leaked slot would stall the curl below).
     for _ in 0..12 {
-        let mut client = TcpStream::connect(fixture.http).unwrap();
+        let mut client = TcpStream::connect(fixture.server().addr).unwrap();
         client.set_read_timeout(Some(READ_WAIT_MAX)).unwrap();
         client.write_all(request.as_bytes()).unwrap();
         let mut first = vec![0u8; 256 << 10];
@@ -406,7 +286,7 @@ fn a_client_hanging_up_mid_body_leaves_the_others_served() {
         drop(client);
     }
     // A client that stops reading and stays: the others go on around it.
-    let mut stalled = TcpStream::connect(fixture.http).unwrap();
+    let mut stalled = TcpStream::connect(fixture.server().addr).unwrap();
     stalled.set_read_timeout(Some(READ_WAIT_MAX)).unwrap();
     stalled.write_all(request.as_bytes()).unwrap();
     let mut first = vec![0u8; 4096];

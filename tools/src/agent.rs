@@ -4,14 +4,13 @@
 //! accepted) is a later optimisation.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 
 use clap::Args;
 use shoal_engine::Engine;
 use shoal_servers::agent::Agent;
-use shoal_servers::http::{self, HttpConfig};
 
 use crate::peer::EngineArgs;
+use crate::serve::{self, HttpArgs};
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
@@ -23,34 +22,20 @@ pub struct AgentArgs {
     /// The peer port.
     #[arg(long, default_value = "0.0.0.0:0")]
     peer_listen: SocketAddr,
-    /// HTTP connections served at once (more wait in the kernel's backlog).
-    #[arg(long, default_value_t = HttpConfig::default().connections_max)]
-    http_connections_max: usize,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// Runs the agent until the process is killed. Prints `peer listening ADDR`, then
 /// `agent listening on ADDR` once the pull API accepts connections.
 pub fn run(args: AgentArgs) -> Result<(), String> {
-    let config = HttpConfig {
-        connections_max: args.http_connections_max,
-        ..HttpConfig::default()
-    };
-    config.validate()?;
+    let config = args.http.config()?;
     let engine =
         Engine::start(args.engine.config(false, args.peer_listen)).map_err(|e| e.to_string())?;
     println!("peer listening {}", engine.listen_addr());
-    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
-    let result = runtime.block_on(async {
-        let listener = compio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        println!("agent listening on {bound}");
-        http::serve(listener, Rc::new(Agent::new(engine.clone())), config)
-            .await
-            .map_err(|e| format!("agent: {e}"))
+    let served = engine.clone();
+    let result = serve::run("agent", args.listen, config, || async move {
+        Ok(Agent::new(served))
     });
     engine.shutdown();
     result

@@ -1,8 +1,9 @@
 //! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
 //! subcommands with the servers; today it carries the operator tools that only need the
 //! protocol crate, a minimal tracker (`shoal tracker`), a standalone peer (`shoal peer`) and
-//! the agent's first slice (`shoal agent`: `/v2/` and blobs) and the proxy (`shoal proxy`:
-//! the push API).
+//! the agent's first slice (`shoal agent`: `/v2/` and blobs), the proxy (`shoal proxy`: the
+//! push API), and the origin's and the build-index's internal APIs (`shoal origin`,
+//! `shoal build-index`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
@@ -15,10 +16,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod origin;
 mod peer;
 mod proxy;
+mod serve;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
+use shoal_servers::build_index::server::BuildIndex;
 use shoal_servers::tracker::{self, TrackerServerConfig};
 
 #[derive(Parser, Debug)]
@@ -51,6 +55,23 @@ enum Command {
     /// Run the proxy: the OCI push API on `--listen`, uploads staged under `--data-dir`,
     /// blobs to `--origin`, tags to `--build-index`. Prints `proxy listening on ADDR`.
     Proxy(proxy::ProxyArgs),
+    /// Run an origin: the internal blob API on `--listen` (`/internal/blobs/<digest>`: PUT,
+    /// HEAD, GET) over one origin engine that stores and seeds what is pushed. Prints
+    /// `origin listening on ADDR` once it serves.
+    Origin(origin::OriginArgs),
+    /// Run the build-index: the internal tag API on `--listen` (`/internal/tags/…`,
+    /// `/internal/repositories`) over the tag store in `--data-dir`. Prints
+    /// `build-index listening on ADDR` once it serves.
+    BuildIndex {
+        /// Address to listen on; port 0 picks a free port (see the printed address).
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        listen: SocketAddr,
+        /// The tag store's root directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        http: serve::HttpArgs,
+    },
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
@@ -93,6 +114,12 @@ fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Agent(args) => agent::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Origin(args) => origin::run(args),
+        Command::BuildIndex {
+            listen,
+            data_dir,
+            http,
+        } => run_build_index(listen, &data_dir, &http),
         Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {
@@ -142,6 +169,24 @@ fn run_tracker(listen: SocketAddr) -> Result<(), String> {
             .await
             .map_err(|e| format!("tracker: {e}"))
     })
+}
+
+/// Runs the build-index until the process is killed (every tag write is durable when it is
+/// answered, so killing it loses nothing).
+fn run_build_index(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+    http: &serve::HttpArgs,
+) -> Result<(), String> {
+    let config = http.config()?;
+    let (index, report) = BuildIndex::open(data_dir).map_err(|e| format!("build-index: {e}"))?;
+    if report.n_corrupt_records > 0 {
+        eprintln!(
+            "shoal: build-index: {} corrupt tag records (not served; see the log)",
+            report.n_corrupt_records
+        );
+    }
+    serve::run("build-index", listen, config, || async move { Ok(index) })
 }
 
 fn for_each_chunk(

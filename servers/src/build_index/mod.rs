@@ -11,12 +11,16 @@
 //! - [`validate_repository`], [`validate_tag`] (`names.rs`): the OCI name grammars, which
 //!   also keep every path inside the store's root.
 //!
-//! No HTTP here: the build-index server maps [`IndexError`], [`NameError`] and
+//! - [`server::BuildIndex`] (`server.rs`): the internal HTTP API over a `TagStore`
+//!   (`/internal/tags/…`, `/internal/repositories`), the only HTTP in this module.
+//!
+//! Only `server.rs` speaks HTTP: it maps [`IndexError`], [`NameError`] and
 //! [`ManifestError`] to OCI error codes at its edge.
 
 mod manifest;
 mod names;
 mod record;
+pub mod server;
 mod store;
 
 pub use manifest::{

@@ -5,7 +5,7 @@
 //! failure to a status and a code lives in one place.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Method, Response, StatusCode, header};
 
 use super::body::LocalBody;
 
@@ -167,6 +167,28 @@ impl OciError {
         );
         response
     }
+
+    /// The same response with another status, for the few failures whose status the spec
+    /// fixes apart from the code (411 and 413 with `SIZE_INVALID`, 409 for a tag's
+    /// compare-and-set conflict).
+    pub fn into_response_with_status(self, status: StatusCode) -> Response<LocalBody> {
+        let mut response = self.into_response();
+        *response.status_mut() = status;
+        response
+    }
+}
+
+/// 405 `UNSUPPORTED` with `Allow: allow`.
+pub fn method_not_allowed(method: &Method, allow: &'static str) -> Response<LocalBody> {
+    let mut response = OciError::new(
+        ErrorCode::Unsupported,
+        format!("{method} is not supported here (allowed: {allow})"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }
 
 impl std::fmt::Display for OciError {

@@ -9,10 +9,12 @@
 //! - [`Handler`]: what a server implements: one request in, one response out. Errors are
 //!   responses too ([`OciError::into_response`]).
 //! - [`LocalBody`]: empty, one buffer, or a blob streamed from the engine chunk by chunk.
+//! - [`blob::blob_response`]: a blob's `GET`/`HEAD` with one byte range (agent and origin).
 //!
 //! A client that hangs up mid-response ends its connection's task (hyper reports the write
 //! error, logged at debug); the response body is dropped, which releases the blob it pinned.
 
+pub mod blob;
 pub mod body;
 pub mod client;
 pub mod error;
@@ -36,7 +38,7 @@ use hyper::{Request, Response};
 use tracing::Instrument;
 
 pub use body::{BLOB_CHUNK_BYTES, LocalBody};
-pub use error::{ErrorCode, OciError};
+pub use error::{ErrorCode, OciError, method_not_allowed};
 
 /// One HTTP server's bounds.
 #[derive(Debug, Clone)]

@@ -69,7 +69,7 @@
 //! bytes per chunk, idle time. Memory per upload in flight is one [`COPY_BUFFER_BYTES`]
 //! buffer and one hasher. Sessions hold no file descriptor between requests.
 
-mod disk;
+pub(crate) mod disk;
 mod error;
 mod names;
 mod recovery;

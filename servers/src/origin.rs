@@ -1,0 +1,422 @@
+//! The origin's internal HTTP API: blobs pushed in by the proxy, stored and seeded by one
+//! [`Engine`] started as an origin (`EngineConfig::into_origin`), and read back.
+//!
+//! - `PUT /internal/blobs/<digest>`: the body is the blob. `Content-Length` is required
+//!   (411 `SIZE_INVALID` without it) and bounded by [`OriginConfig::blob_bytes_max`] (413
+//!   `SIZE_INVALID` beyond). The body streams to a temporary file under
+//!   `<data dir>/incoming/` in [`WRITE_BUFFER_BYTES`] writes while it is hashed with the
+//!   URL digest's algorithm (sha256 or sha512); a mismatch is 400 `DIGEST_INVALID`, a body
+//!   that ends early (the client hung up) 400 `SIZE_INVALID`, and neither keeps anything.
+//!   Then [`Engine::ingest_file`] copies it into the store (building the metainfo), the
+//!   temporary file goes, and [`Engine::seed`] registers the metainfo with the tracker and
+//!   joins the swarm. 201 with `Docker-Content-Digest`. A blob already stored is not
+//!   received again: its body is read and discarded, it is (re)seeded, and the answer is 201
+//!   (so a PUT that failed at the seeding step, 503, is retried by simply putting again).
+//!   PUTs of one digest run one at a time; others wait for it.
+//! - `HEAD /internal/blobs/<digest>`: 200 with `Content-Length` if stored, else 404
+//!   `BLOB_UNKNOWN`.
+//! - `GET /internal/blobs/<digest>`: the stored blob, one `Range` honoured like the agent
+//!   ([`crate::http::blob::blob_response`]). Only what the store holds: the origin checks
+//!   `store().has_blob` first and never fetches from the swarm for these requests (a blob
+//!   evicted between that check and the open could still be fetched: origins do not evict
+//!   today).
+//! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
+//!   methods, 400 `DIGEST_INVALID` for a malformed digest.
+//!
+//! At start-up ([`Origin::start`]) leftovers of `incoming/` are removed and every blob in the
+//! store is seeded again, so a restarted origin serves the swarm at once.
+//!
+//! Runs on one compio runtime (see `shoal origin`); the engine's shards are other threads.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use compio::io::AsyncWriteAtExt as _;
+use event_listener::Event;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use shoal_engine::Engine;
+use shoal_proto::Digest;
+
+use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
+use crate::http::route::parse_digest;
+use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
+use crate::uploads::disk::Hasher;
+
+/// The prefix of every blob path.
+pub const BLOBS_PATH: &str = "/internal/blobs/";
+
+/// Directory under the store's root where bodies are received before ingestion. The
+/// engine's store only looks at its own `blobs/` and `downloads/`.
+pub const INCOMING_DIR: &str = "incoming";
+
+/// Largest blob accepted by default: 64 GiB.
+pub const BLOB_BYTES_MAX_DEFAULT: u64 = 64 << 30;
+
+/// Body bytes gathered before one write to the temporary file (hyper's frames are small;
+/// one write per frame would cost a system call per few KiB).
+pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The origin's settings (beyond its engine's).
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// Largest blob a PUT may carry (its `Content-Length`).
+    pub blob_bytes_max: u64,
+}
+
+impl Default for OriginConfig {
+    fn default() -> OriginConfig {
+        OriginConfig {
+            blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// What [`Origin::start`] did with the blobs already stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SeedReport {
+    /// Blobs seeded again.
+    pub n_seeded: usize,
+    /// Blobs that could not be seeded (logged; a PUT of the blob seeds it again).
+    pub n_failed: usize,
+}
+
+/// The origin's HTTP handler.
+#[derive(Debug)]
+pub struct Origin {
+    engine: Engine,
+    config: OriginConfig,
+    /// `<store root>/incoming`.
+    incoming_dir: PathBuf,
+    /// Makes temporary names unique (the store's lock makes the process unique).
+    next_temp: Cell<u64>,
+    /// Digests with a PUT in progress: one at a time per digest.
+    putting: RefCell<HashSet<Digest>>,
+    /// Notified whenever a PUT leaves `putting`.
+    put_done: Event,
+}
+
+impl Handler for Origin {
+    async fn handle(&self, request: Request<Incoming>) -> Response<LocalBody> {
+        let (parts, body) = request.into_parts();
+        match self.route(&parts, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.code.status().is_server_error() {
+                    tracing::warn!(method = %parts.method, path = parts.uri.path(), %error, "request failed");
+                }
+                error.into_response()
+            }
+        }
+    }
+}
+
+impl Origin {
+    /// The origin over `engine` (started with `EngineConfig::into_origin`): empties
+    /// `incoming/`, then seeds every blob already stored. Must run inside a compio runtime.
+    pub async fn start(engine: Engine, config: OriginConfig) -> io::Result<(Origin, SeedReport)> {
+        if config.blob_bytes_max == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "origin config: blob_bytes_max must be positive",
+            ));
+        }
+        let incoming_dir = engine.store().root().join(INCOMING_DIR);
+        let dir = incoming_dir.clone();
+        compio::runtime::spawn_blocking(move || reset_dir(&dir))
+            .await
+            .map_err(|_| io::Error::other("resetting the incoming directory panicked"))??;
+        let mut report = SeedReport::default();
+        for digest in engine.store().blobs() {
+            match engine.seed(&digest).await {
+                Ok(()) => report.n_seeded += 1,
+                Err(error) => {
+                    tracing::warn!(%digest, %error, "could not seed a stored blob");
+                    report.n_failed += 1;
+                }
+            }
+        }
+        tracing::info!(
+            seeded = report.n_seeded,
+            failed = report.n_failed,
+            "origin started"
+        );
+        let origin = Origin {
+            engine,
+            config,
+            incoming_dir,
+            next_temp: Cell::new(0),
+            putting: RefCell::new(HashSet::new()),
+            put_done: Event::new(),
+        };
+        Ok((origin, report))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn config(&self) -> &OriginConfig {
+        &self.config
+    }
+
+    async fn route(&self, parts: &Parts, body: Incoming) -> Result<Response<LocalBody>, OciError> {
+        let path = parts.uri.path();
+        let Some(digest) = path.strip_prefix(BLOBS_PATH) else {
+            return Err(OciError::new(
+                ErrorCode::NameUnknown,
+                format!("no endpoint at {path}"),
+            ));
+        };
+        let digest = parse_digest(digest)?;
+        let method = &parts.method;
+        if method == Method::PUT {
+            self.put(digest, &parts.headers, body).await
+        } else if method == Method::GET || method == Method::HEAD {
+            let Some(blob_len) = self.engine.store().blob_len(&digest) else {
+                return Err(blob_unknown(&digest));
+            };
+            blob_response(
+                &self.engine,
+                &digest,
+                blob_len,
+                &parts.headers,
+                method == Method::HEAD,
+            )
+            .await
+        } else {
+            Ok(method_not_allowed(method, "GET, HEAD, PUT"))
+        }
+    }
+
+    async fn put(
+        &self,
+        digest: Digest,
+        headers: &HeaderMap,
+        body: Incoming,
+    ) -> Result<Response<LocalBody>, OciError> {
+        let Some(len) = content_length(headers)? else {
+            return Ok(
+                OciError::new(ErrorCode::SizeInvalid, "a blob PUT needs a Content-Length")
+                    .into_response_with_status(StatusCode::LENGTH_REQUIRED),
+            );
+        };
+        if len > self.config.blob_bytes_max {
+            return Ok(OciError::new(
+                ErrorCode::SizeInvalid,
+                format!(
+                    "{len} bytes is more than this origin's {} per blob",
+                    self.config.blob_bytes_max
+                ),
+            )
+            .into_response_with_status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        let _turn = self.turn_of(digest).await;
+        if self.engine.store().has_blob(&digest) {
+            discard(body, len).await?;
+        } else {
+            let temp = self.temp_path(&digest);
+            let result = self.receive_and_ingest(digest, len, body, &temp).await;
+            if let Err(error) = compio::fs::remove_file(&temp).await
+                && error.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
+            }
+            result?;
+        }
+        self.engine.seed(&digest).await.map_err(engine_error)?;
+        let mut response = Response::new(LocalBody::empty());
+        *response.status_mut() = StatusCode::CREATED;
+        response
+            .headers_mut()
+            .insert(CONTENT_DIGEST_HEADER, header_value(digest.to_string())?);
+        Ok(response)
+    }
+
+    /// Receives the body into `temp` (hashing it), checks it, and ingests it.
+    async fn receive_and_ingest(
+        &self,
+        digest: Digest,
+        len: u64,
+        body: Incoming,
+        temp: &Path,
+    ) -> Result<(), OciError> {
+        let received = receive(&digest, len, body, temp).await?;
+        if received != digest {
+            return Err(OciError::new(
+                ErrorCode::DigestInvalid,
+                format!("the body's digest is {received}, not {digest}"),
+            )
+            .with_detail(serde_json::json!({ "digest": digest.to_string() })));
+        }
+        self.engine
+            .ingest_file(temp, Some(digest))
+            .await
+            .map_err(engine_error)?;
+        Ok(())
+    }
+
+    fn temp_path(&self, digest: &Digest) -> PathBuf {
+        let n = self.next_temp.get();
+        self.next_temp.set(n + 1);
+        let name = digest.to_string().replace(':', "-");
+        self.incoming_dir.join(format!("{name}.{n}"))
+    }
+
+    /// Waits until no other PUT of `digest` runs, then holds the digest until dropped.
+    async fn turn_of(&self, digest: Digest) -> Turn<'_> {
+        loop {
+            if self.putting.borrow_mut().insert(digest) {
+                return Turn {
+                    origin: self,
+                    digest,
+                };
+            }
+            let listener = self.put_done.listen();
+            if !self.putting.borrow().contains(&digest) {
+                continue;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// One PUT's hold on its digest.
+struct Turn<'a> {
+    origin: &'a Origin,
+    digest: Digest,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.origin.putting.borrow_mut().remove(&self.digest);
+        self.origin.put_done.notify(usize::MAX);
+    }
+}
+
+fn blob_unknown(digest: &Digest) -> OciError {
+    OciError::new(
+        ErrorCode::BlobUnknown,
+        format!("this origin does not hold {digest}"),
+    )
+    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
+}
+
+/// The request's `Content-Length`, `None` if absent; 400 `SIZE_INVALID` if malformed.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, OciError> {
+    let Some(value) = headers.get(CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| OciError::new(ErrorCode::SizeInvalid, "malformed Content-Length"))
+}
+
+/// A body that ended before its `Content-Length` (hyper reports the early end as an error).
+fn body_error(error: &hyper::Error) -> OciError {
+    OciError::new(
+        ErrorCode::SizeInvalid,
+        format!("the body ended before its Content-Length: {error}"),
+    )
+}
+
+/// Streams `body` (`len` bytes) into a new file at `temp`, hashing it with `digest`'s
+/// algorithm; returns the digest of what arrived.
+async fn receive(
+    digest: &Digest,
+    len: u64,
+    mut body: Incoming,
+    temp: &Path,
+) -> Result<Digest, OciError> {
+    let local = |op: &str, error: io::Error| {
+        OciError::new(
+            ErrorCode::Unknown,
+            format!("{op} {}: {error}", temp.display()),
+        )
+    };
+    let mut file = compio::fs::File::create(temp)
+        .await
+        .map_err(|e| local("create", e))?;
+    let mut hasher = Hasher::like(digest);
+    // Fits in usize: at most WRITE_BUFFER_BYTES.
+    let buffer_len = len.min(WRITE_BUFFER_BYTES as u64) as usize;
+    let mut buffer = Vec::with_capacity(buffer_len);
+    let mut offset = 0u64;
+    let mut received = 0u64;
+    loop {
+        let frame = match body.frame().await {
+            None => None,
+            Some(frame) => Some(frame.map_err(|e| body_error(&e))?),
+        };
+        let end = frame.is_none();
+        if let Some(Ok(data)) = frame.map(http_body::Frame::into_data) {
+            received += data.len() as u64;
+            if received > len {
+                return Err(OciError::new(
+                    ErrorCode::SizeInvalid,
+                    format!("the body is longer than its Content-Length {len}"),
+                ));
+            }
+            hasher.update(&data);
+            buffer.extend_from_slice(&data);
+        }
+        if buffer.len() >= WRITE_BUFFER_BYTES || (end && !buffer.is_empty()) {
+            let written = buffer.len() as u64;
+            let compio::BufResult(result, returned) = file.write_all_at(buffer, offset).await;
+            result.map_err(|e| local("write", e))?;
+            offset += written;
+            buffer = returned;
+            buffer.clear();
+        }
+        if end {
+            break;
+        }
+    }
+    file.close().await.map_err(|e| local("close", e))?;
+    if received != len {
+        return Err(OciError::new(
+            ErrorCode::SizeInvalid,
+            format!("the body is {received} bytes, not its Content-Length {len}"),
+        ));
+    }
+    Ok(hasher.finish())
+}
+
+/// Reads and drops a body of `len` bytes (a PUT of a blob already stored).
+async fn discard(mut body: Incoming, len: u64) -> Result<(), OciError> {
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(&e))?;
+        if let Ok(data) = frame.into_data() {
+            received += data.len() as u64;
+        }
+    }
+    if received != len {
+        return Err(OciError::new(
+            ErrorCode::SizeInvalid,
+            format!("the body is {received} bytes, not its Content-Length {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes `dir` and everything in it (leftovers of a crash), then makes it again, empty.
+fn reset_dir(dir: &Path) -> io::Result<()> {
+    let context = |op: &str, error: io::Error| {
+        io::Error::new(error.kind(), format!("{op} {}: {error}", dir.display()))
+    };
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(context("remove", error)),
+    }
+    std::fs::create_dir_all(dir).map_err(|e| context("create", e))
+}
