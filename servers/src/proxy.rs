@@ -39,7 +39,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::header::{
-    ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LINK, LOCATION, RANGE,
+    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LINK, LOCATION, RANGE,
 };
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -52,7 +52,7 @@ use crate::agent::{API_VERSION, API_VERSION_HEADER, CONTENT_DIGEST_HEADER};
 use crate::build_index::{MANIFEST_LEN_MAX, ManifestError, referenced_digests};
 use crate::http::client::{ClientError, read_body_bounded};
 use crate::http::route::{Reference, Route, parse_digest};
-use crate::http::{ErrorCode, Handler, LocalBody, OciError, query};
+use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed, query};
 use crate::registry::{Registry, RegistryError, digest_like};
 use crate::uploads::{CompletedBlob, NO_CHUNK, UploadError, UploadStore};
 
@@ -797,19 +797,6 @@ fn json_response(status: StatusCode, body: Bytes) -> Response<LocalBody> {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// 405 with `Allow`.
-fn method_not_allowed(method: &Method, allow: &'static str) -> Response<LocalBody> {
-    let mut response = OciError::new(
-        ErrorCode::Unsupported,
-        format!("{method} is not supported here (allowed: {allow})"),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 

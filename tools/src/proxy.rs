@@ -5,13 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+
+use crate::serve::{self, HttpArgs};
 use shoal_servers::http::client::{ClientConfig, HttpClient};
-use shoal_servers::http::{self, HttpConfig};
 use shoal_servers::proxy::Proxy;
 use shoal_servers::registry::Registry;
 use shoal_servers::uploads::{UploadLimits, UploadStore};
@@ -33,37 +33,25 @@ pub struct ProxyArgs {
     /// The build-index's internal API.
     #[arg(long)]
     build_index: SocketAddr,
-    /// HTTP connections served at once (more wait in the kernel's backlog).
-    #[arg(long, default_value_t = HttpConfig::default().connections_max)]
-    http_connections_max: usize,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 /// Runs the proxy until the process is killed. Prints `proxy listening on ADDR` once it
 /// accepts connections.
 pub fn run(args: ProxyArgs) -> Result<(), String> {
-    let config = HttpConfig {
-        connections_max: args.http_connections_max,
-        ..HttpConfig::default()
-    };
-    config.validate()?;
+    let config = args.http.config()?;
     let root = args.data_dir.join("uploads");
     let (store, _report) =
         UploadStore::open(&root, UploadLimits::default()).map_err(|e| e.to_string())?;
+    let store = Arc::new(store);
     let registry = Registry::new(
         HttpClient::new(ClientConfig::default()),
         args.origin,
         args.build_index,
     );
-    let proxy = Rc::new(Proxy::new(Arc::new(store), registry));
-    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
-    runtime.block_on(async {
-        let listener = compio::net::TcpListener::bind(args.listen)
-            .await
-            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
-        let sweeper = Rc::clone(&proxy);
+    serve::run("proxy", args.listen, config, || async move {
+        let sweeper = Proxy::new(Arc::clone(&store), registry.clone());
         compio::runtime::spawn(async move {
             loop {
                 compio::time::sleep(EXPIRE_INTERVAL).await;
@@ -71,9 +59,6 @@ pub fn run(args: ProxyArgs) -> Result<(), String> {
             }
         })
         .detach();
-        println!("proxy listening on {bound}");
-        http::serve(listener, proxy, config)
-            .await
-            .map_err(|e| format!("proxy: {e}"))
+        Ok(Proxy::new(store, registry))
     })
 }
