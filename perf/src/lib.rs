@@ -14,6 +14,8 @@
 //! - [`flows`]: the bandwidth model (piece payloads sharing up- and downlinks).
 //! - [`sim`]: the driver: hosts, connections, timers, the network model (see its docs).
 //! - [`report`]: completion percentiles, efficiency, origin load, the simulator's own cost.
+//! - [`oci_layout`]: OCI image layouts (real tar layers, configs, manifests, indexes) for
+//!   skopeo and Docker in the end-to-end tests and benchmarks.
 //! - [`procs`]: real `shoal` processes for benchmarks and end-to-end tests (guards that kill
 //!   on drop, bounded waits, `/proc` CPU and memory figures).
 //!
@@ -29,6 +31,7 @@
 
 pub mod flows;
 pub mod geometry;
+pub mod oci_layout;
 pub mod procs;
 pub mod queue;
 pub mod report;
