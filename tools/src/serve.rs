@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Duration;
 
 use clap::Args;
 use compio::net::TcpListener;
@@ -90,12 +91,25 @@ where
 {
     let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
     runtime.block_on(async move {
-        match select(pin!(stop.wait()), pin!(component)).await {
+        // The component (its listeners, its connections) is dropped at the end of this
+        // statement.
+        let outcome = match select(pin!(stop.wait()), pin!(component)).await {
             Either::Left((stopped, _)) => stopped,
             Either::Right((ended, _)) => ended,
-        }
+        };
+        // Dropping a socket with an operation in flight (a listener's accept) cancels the
+        // operation; the socket is closed once the cancellation completes, which needs the
+        // driver to run. A runtime dropped before that leaves the ring's teardown to the
+        // kernel, which releases the sockets a little later: a restart right away would
+        // find the ports still taken.
+        compio::time::sleep(CLOSE_GRACE).await;
+        outcome
     })
 }
+
+/// How long a stopped component's runtime keeps running for its sockets' cancellations and
+/// closes to complete.
+const CLOSE_GRACE: Duration = Duration::from_millis(20);
 
 /// Binds `listen`; errors name the address.
 pub async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), String> {
