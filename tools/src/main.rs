@@ -1,13 +1,13 @@
-//! The `shoal` binary. Components (agent, origin, tracker, build-index, proxy, dev) arrive as
-//! subcommands with the servers; today it carries the operator tools that only need the
-//! protocol crate, a minimal tracker (`shoal tracker`), a standalone peer (`shoal peer`) and
-//! the agent's first slice (`shoal agent`: `/v2/` and blobs), the proxy (`shoal proxy`: the
-//! push API), and the origin's and the build-index's internal APIs (`shoal origin`,
-//! `shoal build-index`).
+//! The `shoal` binary: every component as a subcommand, `shoal dev` (all of them in one
+//! process on loopback), and the operator tools. Components: a minimal tracker
+//! (`shoal tracker`), a standalone peer (`shoal peer`), the agent's first slice
+//! (`shoal agent`: `/v2/` and blobs), the proxy (`shoal proxy`: the push API), and the
+//! origin's and the build-index's internal APIs (`shoal origin`, `shoal build-index`). Each
+//! module's `serve` function is the component's start-up, shared by its subcommand and by
+//! `shoal dev`; the server subcommands stop cleanly on SIGINT/SIGTERM.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
-use std::hash::BuildHasher;
 use std::io::{BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,14 +16,16 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod agent;
+mod build_index;
+mod dev;
 mod origin;
 mod peer;
 mod proxy;
 mod serve;
+mod tracker;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
-use shoal_servers::build_index::server::BuildIndex;
-use shoal_servers::tracker::{self, TrackerServerConfig};
+use shoal_servers::tracker::LISTEN_DEFAULT as TRACKER_LISTEN_DEFAULT;
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Shoal: a peer-to-peer OCI registry")]
@@ -34,6 +36,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run every component in one process on loopback (tracker, origin, build-index, proxy,
+    /// agent), stores under `--data-dir`: the first thing to run. Prints one line per
+    /// component, then `shoal dev ready`; stops cleanly on Ctrl-C or SIGTERM.
+    Dev(dev::DevArgs),
     /// Build the metainfo of a blob file (streaming; the blob is never held in memory) and
     /// print its geometry and info hash.
     Metainfo {
@@ -79,7 +85,7 @@ enum Command {
     /// `tracker listening on ADDR` once it accepts connections.
     Tracker {
         /// Address to listen on; port 0 picks a free port (see the printed address).
-        #[arg(long, default_value_t = tracker::LISTEN_DEFAULT)]
+        #[arg(long, default_value_t = TRACKER_LISTEN_DEFAULT)]
         listen: SocketAddr,
     },
 }
@@ -119,7 +125,7 @@ fn run(command: Command) -> Result<(), String> {
             listen,
             data_dir,
             http,
-        } => run_build_index(listen, &data_dir, &http),
+        } => build_index::run(listen, &data_dir, http.config()?),
         Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {
@@ -142,51 +148,9 @@ fn run(command: Command) -> Result<(), String> {
             print_metainfo(&metainfo);
             Ok(())
         }
-        Command::Tracker { listen } => run_tracker(listen),
+        Command::Tracker { listen } => tracker::run(listen),
+        Command::Dev(args) => dev::run(&args),
     }
-}
-
-/// Runs the tracker until the process is killed (SIGTERM or SIGINT end it at once: it keeps
-/// nothing on disk).
-fn run_tracker(listen: SocketAddr) -> Result<(), String> {
-    let config = TrackerServerConfig {
-        listen,
-        ..TrackerServerConfig::default()
-    };
-    config.validate()?;
-    // A random seed for the handout samples (std's hasher keys come from the OS).
-    let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
-    runtime.block_on(async move {
-        let listener = compio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("listening on {}: {e}", config.listen))?;
-        let bound = listener
-            .local_addr()
-            .map_err(|e| format!("listening on {}: {e}", config.listen))?;
-        println!("tracker listening on {bound}");
-        tracker::serve(listener, config, seed)
-            .await
-            .map_err(|e| format!("tracker: {e}"))
-    })
-}
-
-/// Runs the build-index until the process is killed (every tag write is durable when it is
-/// answered, so killing it loses nothing).
-fn run_build_index(
-    listen: SocketAddr,
-    data_dir: &std::path::Path,
-    http: &serve::HttpArgs,
-) -> Result<(), String> {
-    let config = http.config()?;
-    let (index, report) = BuildIndex::open(data_dir).map_err(|e| format!("build-index: {e}"))?;
-    if report.n_corrupt_records > 0 {
-        eprintln!(
-            "shoal: build-index: {} corrupt tag records (not served; see the log)",
-            report.n_corrupt_records
-        );
-    }
-    serve::run("build-index", listen, config, || async move { Ok(index) })
 }
 
 fn for_each_chunk(

@@ -4,13 +4,14 @@
 //! blocking threads.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::serve::{self, HttpArgs};
+use crate::serve::{self, HttpArgs, Stop};
+use shoal_servers::http::HttpConfig;
 use shoal_servers::http::client::{ClientConfig, HttpClient};
 use shoal_servers::proxy::Proxy;
 use shoal_servers::registry::Registry;
@@ -37,28 +38,59 @@ pub struct ProxyArgs {
     http: HttpArgs,
 }
 
-/// Runs the proxy until the process is killed. Prints `proxy listening on ADDR` once it
-/// accepts connections.
+/// Runs the proxy until SIGINT or SIGTERM. Prints `proxy listening on ADDR` once it accepts
+/// connections.
 pub fn run(args: ProxyArgs) -> Result<(), String> {
     let config = args.http.config()?;
-    let root = args.data_dir.join("uploads");
-    let (store, _report) =
-        UploadStore::open(&root, UploadLimits::default()).map_err(|e| e.to_string())?;
+    serve::run_until(
+        Stop::Signals,
+        serve(
+            &args.data_dir,
+            args.origin,
+            args.build_index,
+            args.listen,
+            config,
+            serve::print_listening("proxy"),
+        ),
+    )
+}
+
+/// Serves the push API on `listen`, uploads staged under `<data_dir>/uploads`, blobs to
+/// `origin`, tags to `build_index`: opens the upload store, binds, calls `ready`, serves (and
+/// sweeps idle uploads). `shoal proxy` and `shoal dev` run it.
+pub async fn serve(
+    data_dir: &Path,
+    origin: SocketAddr,
+    build_index: SocketAddr,
+    listen: SocketAddr,
+    config: HttpConfig,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let root = data_dir.join("uploads");
+    let (store, _report) = UploadStore::open(&root, UploadLimits::default())
+        .map_err(|e| format!("upload store in {}: {e}", root.display()))?;
     let store = Arc::new(store);
     let registry = Registry::new(
         HttpClient::new(ClientConfig::default()),
-        args.origin,
-        args.build_index,
+        origin,
+        build_index,
     );
-    serve::run("proxy", args.listen, config, || async move {
-        let sweeper = Proxy::new(Arc::clone(&store), registry.clone());
-        compio::runtime::spawn(async move {
-            loop {
-                compio::time::sleep(EXPIRE_INTERVAL).await;
-                sweeper.expire_idle_uploads().await;
-            }
-        })
-        .detach();
-        Ok(Proxy::new(store, registry))
-    })
+    serve::serve_http(
+        "proxy",
+        listen,
+        config,
+        || async move {
+            let sweeper = Proxy::new(Arc::clone(&store), registry.clone());
+            compio::runtime::spawn(async move {
+                loop {
+                    compio::time::sleep(EXPIRE_INTERVAL).await;
+                    sweeper.expire_idle_uploads().await;
+                }
+            })
+            .detach();
+            Ok(Proxy::new(store, registry))
+        },
+        ready,
+    )
+    .await
 }
