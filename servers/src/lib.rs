@@ -30,6 +30,7 @@ pub mod agent;
 pub mod build_index;
 pub mod config;
 pub mod http;
+pub mod manifests;
 pub mod origin;
 pub mod proxy;
 pub mod registry;
