@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 
-use http::header::{CONTENT_TYPE, CONNECTION, EXPECT, HOST, HeaderName};
+use http::header::{CONNECTION, CONTENT_TYPE, EXPECT, HOST, HeaderName};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
@@ -282,14 +282,20 @@ mod tests {
         );
         assert_eq!(mirrored_path("/v2/a/tags/list", "n=1"), "/v2/a/tags/list");
         assert_eq!(mirrored_path("/v2/", "ns=docker.io"), "/v2/");
-        assert_eq!(mirrored_path("/v2/_catalog", "ns=docker.io"), "/v2/_catalog");
+        assert_eq!(
+            mirrored_path("/v2/_catalog", "ns=docker.io"),
+            "/v2/_catalog"
+        );
         assert_eq!(mirrored_path("/v2/a/tags/list", "ns="), "/v2/a/tags/list");
     }
 
     #[test]
     fn hop_by_hop_headers_dropped() {
         let mut headers = HeaderMap::new();
-        headers.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         headers.insert("x-private", HeaderValue::from_static("1"));
         headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         headers.insert("content-type", HeaderValue::from_static("a/b"));

@@ -181,7 +181,10 @@ mod tests {
             crate::build_index::DOCKER_MANIFEST_LIST
         );
         assert_eq!(detect_media_type(b"nope"), "application/octet-stream");
-        assert_eq!(page_params("n=3&last=a").ok(), Some((Some(3), Some("a".into()))));
+        assert_eq!(
+            page_params("n=3&last=a").ok(),
+            Some((Some(3), Some("a".into())))
+        );
         assert!(page_params("n=x").is_err());
     }
 }

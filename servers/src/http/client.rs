@@ -17,14 +17,14 @@
 //! in bytes by the caller ([`read_body_bounded`]) and in time by
 //! [`ClientConfig::response_timeout`] ([`HttpClient::read_body`]).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::task::{Context, Poll};
-use std::cell::Cell;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
