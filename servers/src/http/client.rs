@@ -249,7 +249,7 @@ impl Body for ClientBody {
             BodyKind::File(file) => file.poll_chunk(cx),
             BodyKind::Stream(stream) => {
                 let polled = Pin::new(&mut stream.body).poll_frame(cx);
-                if let Poll::Ready(_) = polled {
+                if polled.is_ready() {
                     stream.progress.set(Instant::now());
                 }
                 polled.map(|frame| frame.map(|frame| frame.map_err(io::Error::other)))

@@ -110,7 +110,7 @@ impl FakeIndex {
             );
             response
                 .headers_mut()
-                .insert(LINK, HeaderValue::try_from(link).unwrap());
+                .insert(http::header::LINK, HeaderValue::try_from(link).unwrap());
         }
         response
     }
