@@ -27,7 +27,11 @@ fn skopeo_reads_and_copies_the_layouts() {
         .arg(format!("oci:{}:single", source.display()))
         .output()
         .expect("skopeo is installed (.ci/run installs it)");
-    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
     let manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3);
 
@@ -38,7 +42,11 @@ fn skopeo_reads_and_copies_the_layouts() {
         .arg(format!("oci:{}:multi", copy.display()))
         .output()
         .unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let copied: serde_json::Value =
         serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
     assert_eq!(copied["manifests"][0]["mediaType"], OCI_INDEX);

@@ -5,22 +5,22 @@
 //! - [`http`]: HTTP/1.1 on compio (hyper through `cyper_core`): the accept loop, the
 //!   response body (blobs streamed from the engine), the OCI error model, the distribution
 //!   API's paths and `Range` header.
-//! - [`agent`]: the agent's pull API over one engine (first slice: `/v2/` and blobs).
+//! - [`agent`]: the agent's pull API over one engine (blobs through the swarm, manifests and
+//!   tags through [`registry::Registry`], pushes forwarded to the proxy, containerd mirror `ns`).
+//! - [`manifests`]: manifest reads, tag lists and the catalog, shared by the proxy and agent.
 //! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
 //!   GET) over one origin engine, which stores and seeds what is pushed.
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
-//!   on local disk) and manifest reference parsing; its HTTP server comes with the
-//!   registry front.
+//!   on local disk), manifest reference parsing, and its internal HTTP API
+//!   (`build_index::server::BuildIndex`).
 //! - [`config`]: the components' TOML config files (shared `[engine]` and `[http]`
 //!   sections, human units, unknown keys refused by name).
 //! - [`proxy`]: the push API (uploads, mounts, manifests, tags, catalog) over the upload
 //!   store and [`registry::Registry`], the client of the origin's and build-index's internal
-//!   HTTP APIs (shared with the agent's pull side later).
-//!   on local disk), manifest reference parsing, and its internal HTTP API
-//!   (`build_index::server::BuildIndex`).
+//!   HTTP APIs (shared with the agent).
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
@@ -30,6 +30,7 @@ pub mod agent;
 pub mod build_index;
 pub mod config;
 pub mod http;
+pub mod manifests;
 pub mod origin;
 pub mod proxy;
 pub mod registry;

@@ -38,9 +38,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{
-    CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LINK, LOCATION, RANGE,
-};
+use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LOCATION, RANGE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -53,13 +51,13 @@ use crate::build_index::{MANIFEST_LEN_MAX, ManifestError, referenced_digests};
 use crate::http::client::{ClientError, read_body_bounded};
 use crate::http::route::{Reference, Route, parse_digest};
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed, query};
+use crate::manifests::{self, json_response};
 use crate::registry::{Registry, RegistryError, digest_like};
 use crate::uploads::{CompletedBlob, NO_CHUNK, UploadError, UploadStore};
 
 /// The upload session's id, as Docker expects it.
 pub const UPLOAD_UUID_HEADER: HeaderName = HeaderName::from_static("docker-upload-uuid");
-/// The subject of a pushed manifest (OCI 1.1 referrers).
-pub const OCI_SUBJECT_HEADER: HeaderName = HeaderName::from_static("oci-subject");
+pub use crate::manifests::OCI_SUBJECT_HEADER;
 
 /// Body frames in flight between the runtime and the blocking upload store, per upload.
 /// hyper's frames are at most its read buffer (a few hundred KiB), so an upload holds at
@@ -500,31 +498,7 @@ impl Proxy {
     }
 
     async fn get_manifest(&self, name: &str, reference: &Reference<'_>, head: bool) -> Reply {
-        let (digest, media_type) = match reference {
-            Reference::Tag(tag) => {
-                let Some(target) = self.registry.resolve_tag(name, tag).await? else {
-                    return Err(manifest_unknown(&format!("{name}:{tag}")));
-                };
-                (target.digest, Some(target.media_type))
-            }
-            Reference::Digest(digest) => (*digest, None),
-        };
-        let Some(bytes) = self.registry.fetch_manifest(&digest).await? else {
-            return Err(manifest_unknown(&format!("{name}@{digest}")));
-        };
-        let media_type = media_type.unwrap_or_else(|| detect_media_type(&bytes));
-        let len = bytes.len();
-        let body = if head {
-            LocalBody::empty()
-        } else {
-            LocalBody::full(bytes)
-        };
-        let mut response = Response::new(body);
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, header_value(media_type)?);
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
-        headers.insert(CONTENT_DIGEST_HEADER, header_value(digest.to_string())?);
-        Ok(response)
+        Ok(manifests::manifest_response(&self.registry, name, reference, head).await?)
     }
 
     async fn delete_manifest(&self, name: &str, reference: &Reference<'_>) -> Reply {
@@ -545,30 +519,11 @@ impl Proxy {
     // ---- listings ----
 
     async fn tags_list(&self, name: &str, query: &str) -> Reply {
-        let (n, last) = page_params(query)?;
-        let Some(listing) = self.registry.list_tags(name, n, last.as_deref()).await? else {
-            return Err(Failure::new(
-                ErrorCode::NameUnknown,
-                format!("repository {name} has no tags"),
-            ));
-        };
-        let mut response = json_response(StatusCode::OK, listing.body);
-        if let Some(next) = listing.next_query {
-            let link = format!("</v2/{name}/tags/list?{next}>; rel=\"next\"");
-            response.headers_mut().insert(LINK, header_value(link)?);
-        }
-        Ok(response)
+        Ok(manifests::tags_list_response(&self.registry, name, query).await?)
     }
 
     async fn catalog(&self, query: &str) -> Reply {
-        let (n, last) = page_params(query)?;
-        let listing = self.registry.list_repositories(n, last.as_deref()).await?;
-        let mut response = json_response(StatusCode::OK, listing.body);
-        if let Some(next) = listing.next_query {
-            let link = format!("</v2/_catalog?{next}>; rel=\"next\"");
-            response.headers_mut().insert(LINK, header_value(link)?);
-        }
-        Ok(response)
+        Ok(manifests::catalog_response(&self.registry, query).await?)
     }
 }
 
@@ -733,46 +688,12 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Failure> {
         .transpose()
 }
 
-/// `n` and `last` of a listing request.
-fn page_params(query: &str) -> Result<(Option<usize>, Option<String>), Failure> {
-    let n = query::param(query, "n")
-        .map(|n| {
-            n.parse::<usize>().map_err(|_| {
-                Failure::new(
-                    ErrorCode::SizeInvalid,
-                    format!("n must be a non-negative integer, not {n:?}"),
-                )
-            })
-        })
-        .transpose()?;
-    Ok((n, query::param(query, "last")))
-}
-
-/// The media type of a stored manifest: its `mediaType`, else what its shape says.
-fn detect_media_type(bytes: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct MediaType {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    if let Ok(MediaType {
-        media_type: Some(media_type),
-    }) = serde_json::from_slice(bytes)
-    {
-        return media_type;
-    }
-    match referenced_digests(bytes, "") {
-        Ok(references) => references.kind.media_type().to_owned(),
-        Err(_) => "application/octet-stream".to_owned(),
-    }
-}
-
 fn manifest_invalid(error: ManifestError) -> Failure {
     Failure::new(ErrorCode::ManifestInvalid, error.to_string())
 }
 
 fn manifest_unknown(what: &str) -> Failure {
-    Failure::new(ErrorCode::ManifestUnknown, format!("no manifest {what}"))
+    Failure::from(manifests::manifest_unknown(what))
 }
 
 fn blob_unknown(digest: &Digest) -> Failure {
@@ -788,15 +709,6 @@ fn empty_response(status: StatusCode) -> Response<LocalBody> {
     response
         .headers_mut()
         .insert(CONTENT_LENGTH, HeaderValue::from(0u64));
-    response
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response<LocalBody> {
-    let mut response = Response::new(LocalBody::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 

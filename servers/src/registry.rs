@@ -405,7 +405,9 @@ impl Registry {
         n: Option<usize>,
         last: Option<&str>,
     ) -> Result<Option<Listing>, RegistryError> {
-        let path = format!("/internal/tags/{repo}{}", page_query(n, last));
+        // The trailing `/` makes it a listing whatever the query: without it, the
+        // build-index reads `/internal/tags/a/b` as tag `b` of `a`.
+        let path = format!("/internal/tags/{repo}/{}", page_query(n, last));
         self.list(&path, format!("list tags of {repo}")).await
     }
 

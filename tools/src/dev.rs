@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::future::{Either, select};
 use shoal_engine::EngineConfig;
-use shoal_servers::agent::Agent;
 use shoal_servers::http::HttpConfig;
 use shoal_servers::origin::OriginConfig;
 
@@ -228,9 +227,15 @@ fn start_all(
     running.push(spawn("agent", agent, exited, move |ready| async move {
         let engine = EngineGuard::start(config)?;
         let served = engine.engine().clone();
-        // The agent's registry and proxy addresses (manifests, push forwarding) go here once
-        // `Agent` takes them (branch `pull`): `origin`, `build_index` and `proxy` above.
-        let make = || async move { Ok(Agent::new(served)) };
+        // Manifests and tags from the origin and build-index, pushes forwarded to the proxy:
+        // one address for `docker push` and `docker pull`.
+        let make = || async move {
+            Ok(crate::agent::agent(
+                served,
+                Some((origin, build_index)),
+                Some(proxy),
+            ))
+        };
         serve::serve_http("agent", agent, http, make, ready).await
     })?);
     println!(

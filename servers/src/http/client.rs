@@ -17,13 +17,15 @@
 //! in bytes by the caller ([`read_body_bounded`]) and in time by
 //! [`ClientConfig::response_timeout`] ([`HttpClient::read_body`]).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use compio::io::AsyncReadAt;
@@ -113,9 +115,11 @@ impl ClientError {
     }
 }
 
-/// A request body: nothing, one buffer, or a file streamed from disk in
-/// [`BLOB_CHUNK_BYTES`] chunks (one chunk in memory at a time, read when hyper asks for it).
-/// Its exact length is always known, so hyper sends `Content-Length`.
+/// A request body: nothing, one buffer, a file streamed from disk in [`BLOB_CHUNK_BYTES`]
+/// chunks (one chunk in memory at a time, read when hyper asks for it), or another body
+/// relayed frame by frame ([`ClientBody::stream`]: a server's request body forwarded
+/// upstream). The first three have an exact length, so hyper sends `Content-Length`; a
+/// relayed body has its source's size hint (chunked when the length is not known).
 pub struct ClientBody {
     kind: BodyKind,
 }
@@ -124,6 +128,14 @@ enum BodyKind {
     Empty,
     Full(Option<Bytes>),
     File(FileBody),
+    Stream(StreamBody),
+}
+
+/// A relayed body, and when it last made progress (shared with the request that waits on
+/// it: see [`HttpClient::forward`]).
+struct StreamBody {
+    body: Incoming,
+    progress: Rc<Cell<Instant>>,
 }
 
 impl std::fmt::Debug for ClientBody {
@@ -132,6 +144,9 @@ impl std::fmt::Debug for ClientBody {
             BodyKind::Empty => f.write_str("ClientBody::Empty"),
             BodyKind::Full(b) => write!(f, "ClientBody::Full({:?})", b.as_ref().map(Bytes::len)),
             BodyKind::File(file) => write!(f, "ClientBody::File({} left)", file.remaining),
+            BodyKind::Stream(stream) => {
+                write!(f, "ClientBody::Stream({:?})", stream.body.size_hint())
+            }
         }
     }
 }
@@ -190,11 +205,32 @@ impl ClientBody {
         })
     }
 
+    /// Relays `body` (a request body a server received) frame by frame as hyper asks for
+    /// them: one frame in memory at a time.
+    pub fn stream(body: Incoming) -> ClientBody {
+        ClientBody {
+            kind: BodyKind::Stream(StreamBody {
+                body,
+                progress: Rc::new(Cell::new(Instant::now())),
+            }),
+        }
+    }
+
+    /// The exact length, or for a relayed body the least it will be.
     fn len(&self) -> u64 {
         match &self.kind {
             BodyKind::Empty => 0,
             BodyKind::Full(bytes) => bytes.as_ref().map_or(0, |b| b.len() as u64),
             BodyKind::File(file) => file.remaining,
+            BodyKind::Stream(stream) => stream.body.size_hint().lower(),
+        }
+    }
+
+    /// When a relayed body last yielded a frame (or was created); `None` for the others.
+    fn progress(&self) -> Option<Rc<Cell<Instant>>> {
+        match &self.kind {
+            BodyKind::Stream(stream) => Some(Rc::clone(&stream.progress)),
+            _ => None,
         }
     }
 }
@@ -211,6 +247,13 @@ impl Body for ClientBody {
             BodyKind::Empty => Poll::Ready(None),
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             BodyKind::File(file) => file.poll_chunk(cx),
+            BodyKind::Stream(stream) => {
+                let polled = Pin::new(&mut stream.body).poll_frame(cx);
+                if polled.is_ready() {
+                    stream.progress.set(Instant::now());
+                }
+                polled.map(|frame| frame.map(|frame| frame.map_err(io::Error::other)))
+            }
         }
     }
 
@@ -219,11 +262,15 @@ impl Body for ClientBody {
             BodyKind::Empty => true,
             BodyKind::Full(bytes) => bytes.is_none(),
             BodyKind::File(file) => matches!(file.state, FileState::Done),
+            BodyKind::Stream(stream) => stream.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.len())
+        match &self.kind {
+            BodyKind::Stream(stream) => stream.body.size_hint(),
+            _ => SizeHint::with_exact(self.len()),
+        }
     }
 }
 
@@ -297,6 +344,14 @@ impl HttpClient {
     /// Sends one request to `addr` on a new connection and returns the response with its
     /// body still to be read (the connection closes when the body is read or dropped).
     /// `Host` is set to `addr` unless `headers` has one.
+    ///
+    /// Bounded by [`ClientConfig::connect_timeout`], then by
+    /// [`ClientConfig::response_timeout`] plus the body's upload time at
+    /// [`ClientConfig::body_bytes_per_s_min`] until the response head. A relayed body
+    /// ([`ClientBody::stream`]) is bounded by progress instead: the exchange fails once
+    /// [`ClientConfig::response_timeout`] passes with neither a body frame relayed nor the
+    /// response head received, so a long upload from a slow client goes through while a
+    /// stalled one does not hold the connection for ever.
     pub async fn request(
         &self,
         method: Method,
@@ -335,6 +390,7 @@ impl HttpClient {
             .map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
 
+        let progress = request.body().progress();
         // The request body's upload counts against the response bound.
         let body_secs = request.body().len() / self.config.body_bytes_per_s_min.max(1);
         let wait = self.config.response_timeout + Duration::from_secs(body_secs);
@@ -354,13 +410,30 @@ impl HttpClient {
                 .await
                 .map_err(|source| ClientError::Http { addr, source })
         };
-        compio::time::timeout(wait, exchange)
-            .await
-            .map_err(|_| ClientError::Timeout {
-                addr,
-                what: "response head",
-                after: wait,
-            })?
+        let timed_out = |after| ClientError::Timeout {
+            addr,
+            what: "response head",
+            after,
+        };
+        let Some(progress) = progress else {
+            return compio::time::timeout(wait, exchange)
+                .await
+                .map_err(|_| timed_out(wait))?;
+        };
+        let idle_max = self.config.response_timeout;
+        progress.set(Instant::now());
+        let mut exchange = std::pin::pin!(exchange);
+        loop {
+            let idle = progress.get().elapsed();
+            if idle >= idle_max {
+                return Err(timed_out(idle_max));
+            }
+            let sleep = std::pin::pin!(compio::time::sleep(idle_max - idle));
+            match futures_util::future::select(exchange.as_mut(), sleep).await {
+                futures_util::future::Either::Left((result, _)) => return result,
+                futures_util::future::Either::Right(((), _)) => {}
+            }
+        }
     }
 
     /// [`read_body_bounded`] within [`ClientConfig::response_timeout`].

@@ -97,7 +97,10 @@ impl FakeIndex {
         let page: Vec<String> = after.iter().take(n).cloned().collect();
         let mut body = serde_json::json!({ key: page });
         if key == "tags" {
-            body["name"] = serde_json::json!(path.trim_start_matches("/internal/tags/"));
+            body["name"] = serde_json::json!(
+                path.trim_start_matches("/internal/tags/")
+                    .trim_end_matches('/')
+            );
         }
         let mut response = Response::new(LocalBody::full(body.to_string()));
         if after.len() > n && n > 0 {
@@ -107,7 +110,7 @@ impl FakeIndex {
             );
             response
                 .headers_mut()
-                .insert(LINK, HeaderValue::try_from(link).unwrap());
+                .insert(http::header::LINK, HeaderValue::try_from(link).unwrap());
         }
         response
     }
@@ -130,7 +133,7 @@ impl Handler for FakeIndex {
             .tags
             .borrow()
             .keys()
-            .filter(|k| k.0 == rest)
+            .filter(|k| k.0 == rest.trim_end_matches('/'))
             .map(|k| k.1.clone())
             .collect();
         if request.method() == Method::GET && !repo_tags.is_empty() {

@@ -1,0 +1,458 @@
+//! The agent's whole registry face over real sockets, with `curl` as the client: a tracker,
+//! an origin, a build-index, a proxy, and an agent given all three, in this process on
+//! loopback. Images are pushed through the agent (which forwards to the proxy) and pulled
+//! back from it: manifests from the origin, tags from the build-index, layers through the
+//! swarm.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::{Reply, Served, bytes, curl, engine, engine_config, run, scratch, tracker};
+use shoal_engine::Engine;
+use shoal_proto::Digest;
+use shoal_servers::agent::Agent;
+use shoal_servers::build_index::server::BuildIndex;
+use shoal_servers::build_index::{DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST};
+use shoal_servers::http::client::HttpClient;
+use shoal_servers::origin::{Origin, OriginConfig};
+use shoal_servers::proxy::Proxy;
+use shoal_servers::registry::Registry;
+use shoal_servers::uploads::{UploadLimits, UploadStore};
+
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+
+struct Fixture {
+    dir: PathBuf,
+    origin: Engine,
+    agent: Engine,
+    // Dropped first (declaration order): the servers before the engines they use.
+    servers: Vec<Served>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = scratch("pull", name);
+        let tracker = tracker();
+        let origin = Engine::start(engine_config(&dir, "origin", tracker).into_origin()).unwrap();
+        let served = origin.clone();
+        let origin_server = Served::start(move || async move {
+            Origin::start(served, OriginConfig::default())
+                .await
+                .unwrap()
+                .0
+        });
+        let root = dir.join("tags");
+        let index_server = Served::start(move || async move { BuildIndex::open(&root).unwrap().0 });
+        let (origin_addr, index_addr) = (origin_server.addr, index_server.addr);
+        let uploads = dir.join("uploads");
+        let proxy_server = Served::start(move || async move {
+            let (store, _) = UploadStore::open(&uploads, UploadLimits::default()).unwrap();
+            let registry = Registry::new(HttpClient::default(), origin_addr, index_addr);
+            Proxy::new(Arc::new(store), registry)
+        });
+        let proxy_addr = proxy_server.addr;
+        let agent = engine(&dir, "agent", tracker);
+        let served = agent.clone();
+        let agent_server = Served::start(move || async move {
+            Agent::new(served)
+                .with_registry(Registry::new(
+                    HttpClient::default(),
+                    origin_addr,
+                    index_addr,
+                ))
+                .with_proxy(HttpClient::default(), proxy_addr)
+        });
+        Fixture {
+            dir,
+            origin,
+            agent,
+            // The agent's server is last: `agent_url` reads it there.
+            servers: vec![origin_server, index_server, proxy_server, agent_server],
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.servers[3].url(path)
+    }
+
+    fn proxy_url(&self, path: &str) -> String {
+        self.servers[2].url(path)
+    }
+
+    fn file(&self, bytes: &[u8]) -> String {
+        let path = self
+            .dir
+            .join(format!("body-{}", Digest::sha256_of(bytes).encoded()));
+        std::fs::write(&path, bytes).unwrap();
+        format!("@{}", path.display())
+    }
+
+    /// A monolithic upload: `POST …/uploads/?digest=` with the bytes.
+    fn push_blob(&self, name: &str, query: &str, blob: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(blob);
+        let url = self.url(&format!("/v2/{name}/blobs/uploads/?{query}digest={digest}"));
+        let reply = curl(&[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &self.file(blob),
+            &url,
+        ]);
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(
+            reply.header("location"),
+            Some(format!("/v2/{}blobs/{digest}", repo_prefix(name, query)).as_str())
+        );
+        digest
+    }
+
+    /// A session: `POST` for a `Location`, then `PUT <location>?digest=` with the bytes.
+    fn push_blob_in_session(&self, name: &str, blob: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(blob);
+        let reply = curl(&[
+            "-X",
+            "POST",
+            &self.url(&format!("/v2/{name}/blobs/uploads/")),
+        ]);
+        assert_eq!(reply.status, 202);
+        let location = reply.header("location").unwrap().to_owned();
+        assert!(location.starts_with('/'), "{location}");
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let reply = curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &self.file(blob),
+            &self.url(&format!("{location}{separator}digest={digest}")),
+        ]);
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        digest
+    }
+
+    fn put_manifest(&self, name: &str, reference: &str, media_type: &str, body: &[u8]) -> Reply {
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            &format!("Content-Type: {media_type}"),
+            "--data-binary",
+            &self.file(body),
+            &self.url(&format!("/v2/{name}/manifests/{reference}")),
+        ])
+    }
+
+    /// Pushes a config and a layer (seeded by `seed`) and returns the manifest's bytes,
+    /// not yet pushed.
+    fn image(&self, name: &str, query: &str, seed: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}");
+        let layer = bytes((2 << 20) + 777 * usize::from(seed), seed);
+        let config_digest = self.push_blob(name, query, config.as_bytes());
+        let layer_digest = if query.is_empty() {
+            self.push_blob_in_session(name, &layer)
+        } else {
+            self.push_blob(name, query, &layer)
+        };
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": { "mediaType": CONFIG_TYPE, "digest": config_digest.to_string(),
+                        "size": config.len() },
+            "layers": [ { "mediaType": LAYER_TYPE, "digest": layer_digest.to_string(),
+                          "size": layer.len() } ],
+        });
+        (
+            serde_json::to_vec(&manifest).unwrap(),
+            config.into_bytes(),
+            layer,
+        )
+    }
+}
+
+/// The repository a request is served for: `ns/name/` with `?ns=`, else `name/`.
+fn repo_prefix(name: &str, query: &str) -> String {
+    match query.strip_prefix("ns=") {
+        Some(rest) => format!("{}/{name}/", rest.trim_end_matches('&')),
+        None => format!("{name}/"),
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.servers.clear();
+        self.agent.shutdown();
+        self.origin.shutdown();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_manifest(reply: &Reply, media_type: &str, bytes: &[u8]) {
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some(media_type));
+    let digest = Digest::sha256_of(bytes).to_string();
+    assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+    let len = bytes.len().to_string();
+    assert_eq!(reply.header("content-length"), Some(len.as_str()));
+    assert!(reply.body == bytes, "the manifest differs");
+}
+
+#[test]
+fn push_through_the_agent_then_pull_from_it() {
+    let fixture = Fixture::new("push-pull");
+    let name = "library/app";
+    let (manifest, config, layer) = fixture.image(name, "", 1);
+    let digest = Digest::sha256_of(&manifest);
+    let reply = fixture.put_manifest(name, "v1", OCI_MANIFEST, &manifest);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(
+        reply.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/v2/{name}/manifests/{digest}").as_str())
+    );
+    assert_eq!(
+        reply.header("docker-distribution-api-version"),
+        Some("registry/2.0")
+    );
+
+    // By tag and by digest, GET and HEAD.
+    let by_tag = curl(&[&fixture.url(&format!("/v2/{name}/manifests/v1"))]);
+    assert_manifest(&by_tag, OCI_MANIFEST, &manifest);
+    let by_digest = curl(&[&fixture.url(&format!("/v2/{name}/manifests/{digest}"))]);
+    assert_manifest(&by_digest, OCI_MANIFEST, &manifest);
+    let head = curl(&["-I", &fixture.url(&format!("/v2/{name}/manifests/v1"))]);
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("docker-content-digest"),
+        Some(digest.to_string().as_str())
+    );
+    assert!(head.body.is_empty());
+
+    // The config and the layer, through the swarm (the origin seeds what it stores).
+    for blob in [&config, &layer] {
+        let blob_digest = Digest::sha256_of(blob);
+        let reply = curl(&[&fixture.url(&format!("/v2/{name}/blobs/{blob_digest}"))]);
+        assert_eq!(reply.status, 200);
+        assert!(reply.body == *blob, "the blob differs");
+        run(fixture.agent.wait_complete(&blob_digest)).unwrap();
+        assert!(fixture.agent.store().has_blob(&blob_digest));
+    }
+
+    // Tags, paginated with the Link rewritten to the public path.
+    let reply = fixture.put_manifest(name, "v2", OCI_MANIFEST, &manifest);
+    assert_eq!(reply.status, 201);
+    let reply = curl(&[&fixture.url(&format!("/v2/{name}/tags/list"))]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({ "name": name, "tags": ["v1", "v2"] })
+    );
+    let reply = curl(&[&fixture.url(&format!("/v2/{name}/tags/list?n=1"))]);
+    assert_eq!(reply.json()["tags"], serde_json::json!(["v1"]));
+    let link = reply.header("link").unwrap();
+    assert!(
+        link.starts_with(&format!("</v2/{name}/tags/list?")) && link.contains("last=v1"),
+        "{link}"
+    );
+
+    // The catalog is forwarded to the proxy.
+    let reply = curl(&[&fixture.url("/v2/_catalog")]);
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["repositories"], serde_json::json!([name]));
+
+    // Retag: the very next GET sees the new manifest.
+    let (manifest_b, _, _) = fixture.image(name, "", 2);
+    assert_eq!(
+        fixture
+            .put_manifest(name, "v1", OCI_MANIFEST, &manifest_b)
+            .status,
+        201
+    );
+    let reply = curl(&[&fixture.url(&format!("/v2/{name}/manifests/v1"))]);
+    assert_manifest(&reply, OCI_MANIFEST, &manifest_b);
+
+    // An index of two platform manifests, served with its own type (Accept is ignored).
+    let mut entries = Vec::new();
+    for (arch, manifest) in [("amd64", &manifest), ("arm64", &manifest_b)] {
+        let digest = Digest::sha256_of(manifest);
+        entries.push(serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": digest.to_string(), "size": manifest.len(),
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+    }
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries,
+    }))
+    .unwrap();
+    assert_eq!(
+        fixture
+            .put_manifest(name, "multi", OCI_INDEX, &index)
+            .status,
+        201
+    );
+    let reply = curl(&[
+        "-H",
+        &format!("Accept: {OCI_MANIFEST}"),
+        &fixture.url(&format!("/v2/{name}/manifests/multi")),
+    ]);
+    assert_manifest(&reply, OCI_INDEX, &index);
+    let index_digest = Digest::sha256_of(&index);
+    let reply = curl(&[&fixture.url(&format!("/v2/{name}/manifests/{index_digest}"))]);
+    assert_manifest(&reply, OCI_INDEX, &index);
+
+    // A Docker manifest list, by tag and by digest.
+    let list = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": DOCKER_MANIFEST_LIST, "manifests": [],
+    }))
+    .unwrap();
+    assert_eq!(
+        fixture
+            .put_manifest(name, "list", DOCKER_MANIFEST_LIST, &list)
+            .status,
+        201
+    );
+    let list_digest = Digest::sha256_of(&list);
+    for reference in ["list".to_owned(), list_digest.to_string()] {
+        let reply = curl(&[&fixture.url(&format!("/v2/{name}/manifests/{reference}"))]);
+        assert_manifest(&reply, DOCKER_MANIFEST_LIST, &list);
+    }
+
+    // A tag deleted through the agent.
+    let reply = curl(&[
+        "-X",
+        "DELETE",
+        &fixture.url(&format!("/v2/{name}/manifests/v2")),
+    ]);
+    assert_eq!(reply.status, 202);
+    let reply = curl(&[&fixture.url(&format!("/v2/{name}/manifests/v2"))]);
+    assert_eq!(reply.status, 404);
+}
+
+#[test]
+fn mirror_namespace() {
+    let fixture = Fixture::new("mirror");
+    let query = "ns=example.com&";
+    let (manifest, _, _) = fixture.image("app", query, 3);
+    let reply = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        &format!("Content-Type: {OCI_MANIFEST}"),
+        "--data-binary",
+        &fixture.file(&manifest),
+        &fixture.url("/v2/app/manifests/v1?ns=example.com"),
+    ]);
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+
+    // Served for `example.com/app`, with `?ns=` or by the full name, on the agent and the
+    // proxy alike; `app` alone has nothing.
+    for url in [
+        fixture.url("/v2/app/manifests/v1?ns=example.com"),
+        fixture.url("/v2/example.com/app/manifests/v1"),
+        fixture.proxy_url("/v2/example.com/app/manifests/v1"),
+    ] {
+        assert_manifest(&curl(&[&url]), OCI_MANIFEST, &manifest);
+    }
+    let reply = curl(&[&fixture.url("/v2/app/manifests/v1")]);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error_code(), "MANIFEST_UNKNOWN");
+    let reply = curl(&[&fixture.url("/v2/app/tags/list?ns=example.com")]);
+    assert_eq!(
+        reply.json(),
+        serde_json::json!({ "name": "example.com/app", "tags": ["v1"] })
+    );
+    // `/v2/` is the same with `ns`.
+    assert_eq!(curl(&[&fixture.url("/v2/?ns=example.com")]).status, 200);
+    // A namespace outside the name grammar (a port) makes the name invalid.
+    let reply = curl(&[&fixture.url("/v2/app/manifests/v1?ns=localhost%3A5000")]);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error_code(), "NAME_INVALID");
+}
+
+#[test]
+fn errors() {
+    let fixture = Fixture::new("errors");
+    let reply = curl(&[&fixture.url("/v2/library/app/manifests/nope")]);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error_code(), "MANIFEST_UNKNOWN");
+    let unknown = Digest::sha256_of(b"nothing");
+    let reply = curl(&[&fixture.url(&format!("/v2/library/app/manifests/{unknown}"))]);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error_code(), "MANIFEST_UNKNOWN");
+    let reply = curl(&[&fixture.url("/v2/library/app/manifests/-bad")]);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error_code(), "MANIFEST_INVALID");
+    let reply = curl(&[&fixture.url("/v2/library/app/manifests/sha256:abc")]);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error_code(), "DIGEST_INVALID");
+    let reply = curl(&[&fixture.url("/v2/Library/app/manifests/v1")]);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error_code(), "NAME_INVALID");
+    let reply = curl(&[&fixture.url("/v2/library/app/tags/list")]);
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.error_code(), "NAME_UNKNOWN");
+    // A manifest whose layer was never pushed: the proxy's refusal comes back as is.
+    let missing = Digest::sha256_of(b"missing");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": CONFIG_TYPE, "digest": missing.to_string(), "size": 7 },
+        "layers": [],
+    }))
+    .unwrap();
+    let reply = fixture.put_manifest("library/app", "v1", OCI_MANIFEST, &manifest);
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.error_code(), "MANIFEST_BLOB_UNKNOWN");
+    let reply = curl(&["-X", "POST", &fixture.url("/v2/library/app/manifests/v1")]);
+    assert_eq!(reply.status, 405);
+
+    // An agent with neither a registry nor a proxy: 503 for manifests, tags and pushes.
+    let served = fixture.agent.clone();
+    let bare = Served::start(move || async move { Agent::new(served) });
+    for (method, path) in [
+        ("GET", "/v2/library/app/manifests/v1"),
+        ("GET", "/v2/library/app/tags/list"),
+        ("POST", "/v2/library/app/blobs/uploads/"),
+        ("PUT", "/v2/library/app/manifests/v1"),
+        ("GET", "/v2/_catalog"),
+    ] {
+        let reply = curl(&["-X", method, &bare.url(path)]);
+        assert_eq!(reply.status, 503, "{method} {path}");
+        assert_eq!(reply.error_code(), "UNAVAILABLE", "{method} {path}");
+    }
+    drop(bare);
+}
