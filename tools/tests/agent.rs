@@ -57,3 +57,60 @@ fn agent_serves_a_seeded_blob_over_http() {
         "the agent exited"
     );
 }
+
+#[test]
+fn a_blob_pulled_while_the_swarm_downloads_it_streams_whole_and_starts_early() {
+    let mut shoal = Shoal::new(PathBuf::from(env!("CARGO_BIN_EXE_shoal")));
+    shoal.wait_max = Duration::from_secs(120);
+    let scratch = Scratch::new("agent-stream").unwrap();
+    let file = scratch.path("blob");
+    random_file(&file, 64 << 20, 19).unwrap();
+    let expected = sha256_file(&file).unwrap();
+    let (_tracker, tracker) = shoal.tracker(&scratch).unwrap();
+    // 16 MiB/s: the agent's download of the 64 MiB blob takes about four seconds.
+    let (_seeder, digest) = shoal
+        .seeder(
+            "seeder",
+            &scratch,
+            &tracker,
+            &file,
+            &["--egress-limit", "16777216"],
+        )
+        .unwrap();
+    let (_agent, http) = shoal.agent("agent", &scratch, &tracker, &[]).unwrap();
+    let cached = shoal_perf::procs::cached_blob_path(&scratch.path("agent"), &digest);
+    let out = scratch.path("stream.out");
+    let url = format!("http://{http}/v2/library/app/blobs/{digest}");
+    let mut curl = Command::new("curl")
+        .args(["-s", "--max-time", "120", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    // The first bytes reach the client while the blob is not yet complete in the agent's
+    // cache (the swarm fetches the piece the reader waits for first).
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let received = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        if received > 0 {
+            assert!(
+                !cached.exists(),
+                "the blob was complete before the client got its first bytes"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no bytes arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(curl.wait().unwrap().success());
+    assert_eq!(sha256_file(&out).unwrap(), expected);
+    // The stream ends with the last piece; the download completes (whole-blob check, move
+    // into the cache) just after.
+    while !cached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not keep the blob"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
