@@ -390,3 +390,60 @@ impl Shoal {
         serde_json::from_str(&line).map_err(|e| format!("{line}: {e}"))
     }
 }
+
+/// A running `shoal dev` (every component in one process).
+#[derive(Debug)]
+pub struct DevCluster {
+    pub proc: Proc,
+    /// The agent's address: pulls, and pushes it forwards to the proxy.
+    pub agent: String,
+    /// `--ports-from`: tracker +0, origin +100, build-index +200, proxy +300.
+    pub ports_from: u16,
+    /// `--data-dir`: `origin/`, `build-index/`, `proxy/`, `agent/` inside.
+    pub data: PathBuf,
+}
+
+impl Shoal {
+    /// Starts `shoal dev` with its stores under `scratch`, on a port range derived from the
+    /// process id and `salt` (other ranges tried if one is taken), and waits until it is
+    /// ready.
+    pub fn dev(&self, scratch: &Scratch, salt: u32) -> Result<DevCluster, String> {
+        const ATTEMPTS: u32 = 8;
+        let pid = std::process::id();
+        for attempt in 0..ATTEMPTS {
+            // Ranges of 500 ports between 20,000 and 55,000: below the kernel's ephemeral
+            // range, so no outgoing connection holds one of them.
+            let slot = pid
+                .wrapping_mul(7)
+                .wrapping_add(salt * 131 + attempt * 1009)
+                % 70;
+            let ports_from = 20_000 + (slot as u16) * 500;
+            let agent = format!("127.0.0.1:{}", ports_from + 450);
+            let name = format!("dev-{salt}-{attempt}");
+            let data = scratch.path(&name);
+            let data_arg = data.to_string_lossy().into_owned();
+            let ports_arg = ports_from.to_string();
+            let args = [
+                "dev",
+                "--data-dir",
+                &data_arg,
+                "--ports-from",
+                &ports_arg,
+                "--agent-listen",
+                &agent,
+            ];
+            let mut proc = self.start(&name, &args, scratch)?;
+            if proc.line_starting("shoal dev ready", self.wait_max).is_ok() {
+                return Ok(DevCluster {
+                    proc,
+                    agent,
+                    ports_from,
+                    data,
+                });
+            }
+        }
+        Err(format!(
+            "shoal dev did not start on any of {ATTEMPTS} port ranges"
+        ))
+    }
+}

@@ -10,44 +10,16 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use shoal_perf::oci_layout::Layout;
-use shoal_perf::procs::{Proc, Scratch};
+use shoal_perf::procs::{DevCluster, Scratch, Shoal};
 
 const WAIT: Duration = Duration::from_secs(120);
 
 /// A running `shoal dev`; its agent's address.
-struct Dev {
-    _proc: Proc,
-    agent: String,
-}
-
-/// Starts `shoal dev` on a port range picked from the process id (a few tries if taken).
-fn start_dev(scratch: &Scratch) -> Dev {
-    let pid = std::process::id();
-    for attempt in 0..8u32 {
-        let base = 20_000 + ((pid * 7 + attempt * 1009) % 35_000) as u16 / 500 * 500;
-        let agent = format!("127.0.0.1:{}", base + 450);
-        let data = scratch.path(&format!("dev-{attempt}"));
-        let mut dev = Proc::start(
-            "dev",
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            &[
-                "dev",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--ports-from",
-                &base.to_string(),
-                "--agent-listen",
-                &agent,
-            ],
-            &[("SHOAL_LOG", "warn")],
-            scratch.path(&format!("dev-{attempt}.stderr")),
-        )
-        .unwrap();
-        if dev.line_starting("shoal dev ready", WAIT).is_ok() {
-            return Dev { _proc: dev, agent };
-        }
-    }
-    panic!("shoal dev did not start on any of 8 port ranges");
+fn start_dev(scratch: &Scratch, salt: u32) -> DevCluster {
+    let mut shoal = Shoal::new(PathBuf::from(env!("CARGO_BIN_EXE_shoal")));
+    shoal.log = "warn".to_owned();
+    shoal.wait_max = WAIT;
+    shoal.dev(scratch, salt).unwrap()
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -92,7 +64,7 @@ fn blobs(layout: &Path) -> Vec<(String, Vec<u8>)> {
 #[test]
 fn skopeo_round_trips_an_image_and_an_index_byte_for_byte_and_sees_a_retag_at_once() {
     let scratch = Scratch::new("skopeo").unwrap();
-    let dev = start_dev(&scratch);
+    let dev = start_dev(&scratch, 2);
     let source = scratch.path("source");
     let mut layout = Layout::new(&source, 21).unwrap();
     let amd64 = layout.image("amd64", &[2 << 20, 300_000, 17]).unwrap();
@@ -172,7 +144,7 @@ fn static_hello(dir: &Path) -> PathBuf {
 #[test]
 fn docker_pushes_pulls_and_runs_an_image_through_the_agent() {
     let scratch = Scratch::new("docker").unwrap();
-    let dev = start_dev(&scratch);
+    let dev = start_dev(&scratch, 3);
     let context = scratch.path("context");
     std::fs::create_dir_all(&context).unwrap();
     static_hello(&context);
