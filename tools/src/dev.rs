@@ -177,7 +177,11 @@ fn start_all(
 
     let tracker = ports.tracker;
     running.push(spawn("tracker", tracker, exited, move |ready| {
-        crate::tracker::serve(tracker, ready)
+        let config = shoal_servers::tracker::TrackerServerConfig {
+            listen: tracker,
+            ..Default::default()
+        };
+        crate::tracker::serve(config, ready)
     })?);
     println!("tracker     listening on {tracker} (memory only)");
 

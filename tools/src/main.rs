@@ -25,7 +25,6 @@ mod serve;
 mod tracker;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
-use shoal_servers::tracker::LISTEN_DEFAULT as TRACKER_LISTEN_DEFAULT;
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Shoal: a peer-to-peer OCI registry")]
@@ -84,9 +83,13 @@ enum Command {
     /// Run a minimal tracker (one thread; every other setting at its default). Prints
     /// `tracker listening on ADDR` once it accepts connections.
     Tracker {
-        /// Address to listen on; port 0 picks a free port (see the printed address).
-        #[arg(long, default_value_t = TRACKER_LISTEN_DEFAULT)]
-        listen: SocketAddr,
+        /// A config file (`configs/tracker.toml` documents every key); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (default 127.0.0.1:7100); port 0 picks a free port (see the
+        /// printed address).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
     },
 }
 
@@ -148,7 +151,7 @@ fn run(command: Command) -> Result<(), String> {
             print_metainfo(&metainfo);
             Ok(())
         }
-        Command::Tracker { listen } => tracker::run(listen),
+        Command::Tracker { config, listen } => tracker::run(config.as_deref(), listen),
         Command::Dev(args) => dev::run(&args),
     }
 }

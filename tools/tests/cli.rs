@@ -125,8 +125,10 @@ fn tracker_prints_its_address_and_answers() {
 
     use shoal_proto::tracker_wire::{self, Request, Response};
 
+    // The shipped config file, with the command line overriding its address.
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/tracker.toml");
     let mut child = Command::new(binary("shoal"))
-        .args(["tracker", "--listen", "127.0.0.1:0"])
+        .args(["tracker", "--config", config, "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -159,4 +161,32 @@ fn tracker_refuses_a_bad_listen_address() {
     let output = run("shoal", &["tracker", "--listen", "not-an-address"]);
     assert!(!output.status.success());
     assert!(stderr(&output).contains("--listen"), "{}", stderr(&output));
+}
+
+#[test]
+fn tracker_config_files_with_unknown_keys_or_bad_values_are_refused_by_name() {
+    let dir = scratch_dir("tracker-config");
+    for (text, named) in [
+        (
+            "[tracker]\nannounce_intervall = \"5s\"\n",
+            "announce_intervall",
+        ),
+        ("[tracker]\npeer_ttl = \"soon\"\n", "peer_ttl"),
+        ("[tracker]\npeer_ttl = \"1s\"\n", "peer_ttl"),
+    ] {
+        let file = dir.join("tracker.toml");
+        std::fs::write(&file, text).unwrap();
+        let output = run("shoal", &["tracker", "--config", file.to_str().unwrap()]);
+        assert!(!output.status.success(), "{text:?} was accepted");
+        let message = stderr(&output);
+        assert!(message.contains(named), "{text:?}: {message}");
+        assert!(message.contains("tracker.toml"), "{text:?}: {message}");
+    }
+    let missing = run(
+        "shoal",
+        &["tracker", "--config", "/nonexistent/tracker.toml"],
+    );
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("/nonexistent/tracker.toml"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
