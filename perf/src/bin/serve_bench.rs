@@ -117,19 +117,6 @@ fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&pid| cpu_seconds(pid)).sum()
 }
 
-/// The process and its direct children (nginx's workers).
-fn with_children(pid: u32) -> Vec<u32> {
-    let mut pids = vec![pid];
-    let children =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    pids.extend(
-        children
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok()),
-    );
-    pids
-}
-
 /// Medians of `rounds` measured fetches: (GB/s, server CPU-s/GiB).
 fn measure(url: &str, server: &[u32], len: u64, rounds: usize) -> Result<(f64, f64), String> {
     let (mut rates, mut cpus) = (Vec::new(), Vec::new());
@@ -156,16 +143,16 @@ fn run(cli: &Cli, binary: PathBuf) -> Result<(), String> {
     let digest = sha256_file(&blob).map_err(io)?;
     let mut rows = Vec::new();
 
-    // nginx, serving the file with sendfile.
+    // nginx, serving the file with sendfile; one process (no master), so that killing it
+    // leaves no worker behind.
     let nginx_port = free_port()?;
     let nginx = start_nginx(&scratch, nginx_port)?;
     let url = format!("http://127.0.0.1:{nginx_port}/blob");
     wait_http(&url)?;
     fetch(&url)?; // warm
-    let pids = with_children(nginx.pid());
     rows.push((
         "nginx 1.22, sendfile on",
-        measure(&url, &pids, len, cli.rounds)?,
+        measure(&url, &[nginx.pid()], len, cli.rounds)?,
     ));
     drop(nginx);
 
@@ -255,7 +242,7 @@ fn start_nginx(scratch: &Scratch, port: u16) -> Result<Proc, String> {
     let root = scratch.root();
     let conf = scratch.path("nginx.conf");
     let text = format!(
-        "daemon off;\nworker_processes 1;\nerror_log {err} warn;\npid {pid};\n\
+        "daemon off;\nmaster_process off;\nerror_log {err} warn;\npid {pid};\n\
          events {{ worker_connections 64; }}\n\
          http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
          client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n\
