@@ -5,33 +5,41 @@
 //!
 //! `--origin` and `--build-index` (together) make it serve manifests and tags; `--proxy`
 //! makes it forward pushes, so `docker push` and `docker pull` both work against it alone.
+//! Settings: `--config FILE` (`configs/agent.toml`), flags over the file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use shoal_engine::Engine;
 use shoal_servers::agent::Agent;
+use shoal_servers::config::{AgentFile, defaults};
 use shoal_servers::http::client::{ClientConfig, HttpClient};
 use shoal_servers::registry::Registry;
 
 use crate::peer::EngineArgs;
 use crate::serve::{self, HttpArgs};
+use crate::settings::ConfigFile;
 
 #[derive(Args, Debug)]
 pub struct AgentArgs {
+    /// A config file (`configs/agent.toml` documents every key); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
-    /// The pull API's address (keep it on loopback: it has no authentication).
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    listen: SocketAddr,
-    /// The peer port.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    peer_listen: SocketAddr,
+    /// The pull API's address (keep it on loopback: it has no authentication) [default:
+    /// 127.0.0.1:5000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The peer port [default: 0.0.0.0:0].
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
     /// The origin's internal API, where manifests are read (with --build-index).
-    #[arg(long, requires = "build_index")]
+    #[arg(long)]
     origin: Option<SocketAddr>,
     /// The build-index's internal API, where tags are resolved (with --origin).
-    #[arg(long, requires = "origin")]
+    #[arg(long)]
     build_index: Option<SocketAddr>,
     /// The proxy's push API, where pushes and catalog requests are forwarded.
     #[arg(long)]
@@ -43,13 +51,30 @@ pub struct AgentArgs {
 /// Runs the agent until the process is killed. Prints `peer listening ADDR`, then
 /// `agent listening on ADDR` once the pull API accepts connections.
 pub fn run(args: AgentArgs) -> Result<(), String> {
-    let config = args.http.config()?;
-    let engine =
-        Engine::start(args.engine.config(false, args.peer_listen)).map_err(|e| e.to_string())?;
+    let file = ConfigFile::<AgentFile>::load(args.config.as_deref())?;
+    let keys = &file.keys;
+    let http = args.http.config(&keys.http, &file)?;
+    let engine_config =
+        args.engine
+            .config_with_file(false, args.peer_listen, &keys.engine, &file)?;
+    let listen = args
+        .listen
+        .or(keys.agent.listen)
+        .unwrap_or(defaults::AGENT_LISTEN);
+    let origin = args.origin.or(keys.agent.origin);
+    let build_index = args.build_index.or(keys.agent.build_index);
+    if origin.is_some() != build_index.is_some() {
+        return Err(file.error(
+            "--origin and --build-index (agent.origin and agent.build_index) go together: \
+             give both or neither",
+        ));
+    }
+    let proxy = args.proxy.or(keys.agent.proxy);
+    let engine = Engine::start(engine_config).map_err(|e| e.to_string())?;
     println!("peer listening {}", engine.listen_addr());
     let served = engine.clone();
-    let result = serve::run("agent", args.listen, config, || async move {
-        Ok(agent(served, args.origin.zip(args.build_index), args.proxy))
+    let result = serve::run("agent", listen, http, || async move {
+        Ok(agent(served, origin.zip(build_index), proxy))
     });
     engine.shutdown();
     result

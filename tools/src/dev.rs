@@ -17,6 +17,9 @@
 //! every listener accepts a connection, `shoal dev ready` is printed. SIGINT/SIGTERM (or a
 //! component ending by itself) stops them in the reverse order: each thread's runtime ends,
 //! its engine shuts down (shards joined, store closed), the thread is joined.
+//!
+//! Settings: `--config FILE` (`configs/dev.toml`: the data directory, the ports, the shard
+//! count), flags over the file; every other setting is the components' default.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
@@ -28,10 +31,13 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::future::{Either, select};
 use shoal_engine::EngineConfig;
+use shoal_servers::config::{DevFile, defaults};
 use shoal_servers::http::HttpConfig;
 use shoal_servers::origin::OriginConfig;
 
+use crate::proxy::ProxyConfig;
 use crate::serve::{self, EngineGuard, Stop};
+use crate::settings::ConfigFile;
 
 /// Offsets from `--ports-from` of every port but the agent's HTTP one.
 const TRACKER_OFFSET: u16 = 0;
@@ -46,19 +52,66 @@ const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct DevArgs {
-    /// Where the stores live: `DIR/origin`, `DIR/build-index`, `DIR/proxy`, `DIR/agent`.
-    #[arg(long, default_value = "shoal-data")]
-    data_dir: PathBuf,
-    /// The agent's pull API (what `docker pull 127.0.0.1:5000/…` talks to).
-    #[arg(long, default_value = "127.0.0.1:5000")]
-    agent_listen: SocketAddr,
+    /// A config file (`configs/dev.toml` documents every key); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the stores live: `DIR/origin`, `DIR/build-index`, `DIR/proxy`, `DIR/agent`
+    /// [default: shoal-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The agent's pull API (what `docker pull 127.0.0.1:5000/…` talks to) [default:
+    /// 127.0.0.1:5000].
+    #[arg(long)]
+    agent_listen: Option<SocketAddr>,
     /// First port of the others, on 127.0.0.1: tracker +0, origin +100 (peer +101),
-    /// build-index +200, proxy +300, agent's peer port +401.
-    #[arg(long, default_value_t = 7100)]
+    /// build-index +200, proxy +300, agent's peer port +401 [default: 7100].
+    #[arg(long)]
+    ports_from: Option<u16>,
+    /// Shard threads per engine (origin and agent) [default: 1].
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+/// `shoal dev`'s settings: defaults, then the file's `[dev]`, then the flags.
+#[derive(Debug, Clone)]
+struct DevSettings {
+    data_dir: PathBuf,
+    agent_listen: SocketAddr,
     ports_from: u16,
-    /// Shard threads per engine (origin and agent).
-    #[arg(long, default_value_t = 1)]
     shards: usize,
+}
+
+impl DevSettings {
+    fn new(args: &DevArgs) -> Result<DevSettings, String> {
+        let file = ConfigFile::<DevFile>::load(args.config.as_deref())?;
+        let keys = &file.keys.dev;
+        let settings = DevSettings {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or_else(|| keys.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(defaults::DEV_DATA_DIR)),
+            agent_listen: args
+                .agent_listen
+                .or(keys.agent_listen)
+                .unwrap_or(defaults::DEV_AGENT_LISTEN),
+            ports_from: args
+                .ports_from
+                .or(keys.ports_from)
+                .unwrap_or(defaults::DEV_PORTS_FROM),
+            shards: args.shards.or(keys.shards).unwrap_or(defaults::DEV_SHARDS),
+        };
+        if settings.shards == 0 {
+            return Err(file.error("--shards (dev.shards) must be at least 1"));
+        }
+        if settings.ports_from.checked_add(AGENT_PEER_OFFSET).is_none() {
+            return Err(file.error(format!(
+                "--ports-from (dev.ports_from) {}: ports up to +{AGENT_PEER_OFFSET} must stay below 65536",
+                settings.ports_from
+            )));
+        }
+        Ok(settings)
+    }
 }
 
 /// Every address `shoal dev` uses.
@@ -74,7 +127,7 @@ struct Ports {
 }
 
 impl Ports {
-    fn new(args: &DevArgs) -> Result<Ports, String> {
+    fn new(args: &DevSettings) -> Result<Ports, String> {
         let at = |offset: u16| {
             args.ports_from
                 .checked_add(offset)
@@ -110,9 +163,7 @@ struct Running {
 /// Runs every component until SIGINT or SIGTERM; `Err` when one fails to start or stops by
 /// itself (everything started is stopped first).
 pub fn run(args: &DevArgs) -> Result<(), String> {
-    if args.shards == 0 {
-        return Err("--shards must be at least 1".into());
-    }
+    let args = &DevSettings::new(args)?;
     let ports = Ports::new(args)?;
     let started_at = Instant::now();
     let runtime = compio::runtime::Runtime::new().map_err(|e| format!("compio runtime: {e}"))?;
@@ -155,7 +206,7 @@ pub fn run(args: &DevArgs) -> Result<(), String> {
 /// Starts the components one after the other, each once the one before serves, pushing each
 /// onto `running`.
 fn start_all(
-    args: &DevArgs,
+    args: &DevSettings,
     ports: &Ports,
     exited: &flume::Sender<&'static str>,
     running: &mut Vec<Running>,
@@ -216,9 +267,11 @@ fn start_all(
     );
 
     let proxy_dir = data.join("proxy");
-    let (proxy, proxy_http, dir) = (ports.proxy, http.clone(), proxy_dir.clone());
-    running.push(spawn("proxy", proxy, exited, move |ready| async move {
-        crate::proxy::serve(&dir, origin, build_index, proxy, proxy_http, ready).await
+    let proxy = ports.proxy;
+    let mut config = ProxyConfig::new(proxy_dir.clone(), origin, build_index, proxy);
+    config.http = http.clone();
+    running.push(spawn("proxy", proxy, exited, move |ready| {
+        crate::proxy::serve(config, ready)
     })?);
     println!(
         "proxy       listening on {proxy} (push API, store {})",

@@ -4,7 +4,9 @@
 //! (`shoal agent`: `/v2/` and blobs), the proxy (`shoal proxy`: the push API), and the
 //! origin's and the build-index's internal APIs (`shoal origin`, `shoal build-index`). Each
 //! module's `serve` function is the component's start-up, shared by its subcommand and by
-//! `shoal dev`; the server subcommands stop cleanly on SIGINT/SIGTERM.
+//! `shoal dev`; the server subcommands stop cleanly on SIGINT/SIGTERM. Every server subcommand
+//! and `shoal dev` take `--config FILE.toml` (examples in `configs/`): built-in defaults, then
+//! the file, then the flags ([`settings`]).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::fs::File;
@@ -22,6 +24,7 @@ mod origin;
 mod peer;
 mod proxy;
 mod serve;
+mod settings;
 mod tracker;
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
@@ -67,16 +70,7 @@ enum Command {
     /// Run the build-index: the internal tag API on `--listen` (`/internal/tags/…`,
     /// `/internal/repositories`) over the tag store in `--data-dir`. Prints
     /// `build-index listening on ADDR` once it serves.
-    BuildIndex {
-        /// Address to listen on; port 0 picks a free port (see the printed address).
-        #[arg(long, default_value = "127.0.0.1:7300")]
-        listen: SocketAddr,
-        /// The tag store's root directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[command(flatten)]
-        http: serve::HttpArgs,
-    },
+    BuildIndex(build_index::BuildIndexArgs),
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
@@ -124,11 +118,7 @@ fn run(command: Command) -> Result<(), String> {
         Command::Agent(args) => agent::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Origin(args) => origin::run(args),
-        Command::BuildIndex {
-            listen,
-            data_dir,
-            http,
-        } => build_index::run(listen, &data_dir, http.config()?),
+        Command::BuildIndex(args) => build_index::run(args),
         Command::Peer(command) => peer::run(command),
         Command::Metainfo { file, digest, out } => {
             let digest = match digest {

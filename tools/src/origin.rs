@@ -1,30 +1,37 @@
 //! `shoal origin`: a dedicated seeder. One engine started as an origin (its shards on their
 //! own threads) and the internal blob API (`/internal/blobs/<digest>`) on one compio runtime
 //! on the main thread ([`serve`], which `shoal dev` runs on a thread of its own).
+//! Settings: `--config FILE` (`configs/origin.toml`), flags over the file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
 use shoal_engine::Engine;
-use shoal_servers::origin::{BLOB_BYTES_MAX_DEFAULT, Origin, OriginConfig};
+use shoal_servers::config::{OriginFile, defaults};
+use shoal_servers::origin::{Origin, OriginConfig};
 
 use crate::peer::EngineArgs;
 use crate::serve::{self, EngineGuard, HttpArgs, Stop};
+use crate::settings::ConfigFile;
 use shoal_servers::http::HttpConfig;
 
 #[derive(Args, Debug)]
 pub struct OriginArgs {
+    /// A config file (`configs/origin.toml` documents every key); flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[command(flatten)]
     engine: EngineArgs,
-    /// The internal blob API's address.
-    #[arg(long, default_value = "127.0.0.1:7200")]
-    listen: SocketAddr,
-    /// The peer port.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    peer_listen: SocketAddr,
-    /// Largest blob a PUT may carry, bytes.
-    #[arg(long, default_value_t = BLOB_BYTES_MAX_DEFAULT)]
-    blob_bytes_max: u64,
+    /// The internal blob API's address [default: 127.0.0.1:7200].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// The peer port [default: 0.0.0.0:0].
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Largest blob a PUT may carry, bytes [default: 68719476736, 64 GiB].
+    #[arg(long)]
+    blob_bytes_max: Option<u64>,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -33,18 +40,34 @@ pub struct OriginArgs {
 /// `peer listening ADDR`, re-seeds every stored blob, then prints `origin listening on ADDR`
 /// once the blob API accepts connections.
 pub fn run(args: OriginArgs) -> Result<(), String> {
-    let config = args.http.config()?;
-    let engine = EngineGuard::start(args.engine.config(true, args.peer_listen))?;
+    let file = ConfigFile::<OriginFile>::load(args.config.as_deref())?;
+    let keys = &file.keys;
+    let config = args.http.config(&keys.http, &file)?;
+    let engine_config =
+        args.engine
+            .config_with_file(true, args.peer_listen, &keys.engine, &file)?;
+    let mut origin_config = OriginConfig::default();
+    keys.origin
+        .overlay(&mut origin_config)
+        .map_err(|e| file.error(e))?;
+    if let Some(bytes) = args.blob_bytes_max {
+        if bytes == 0 {
+            return Err("--blob-bytes-max: at least 1 byte".into());
+        }
+        origin_config.blob_bytes_max = bytes;
+    }
+    let listen = args
+        .listen
+        .or(keys.origin.listen)
+        .unwrap_or(defaults::ORIGIN_LISTEN);
+    let engine = EngineGuard::start(engine_config)?;
     println!("peer listening {}", engine.engine().listen_addr());
-    let origin_config = OriginConfig {
-        blob_bytes_max: args.blob_bytes_max,
-    };
     let served = engine.engine().clone();
     serve::run_until(
         Stop::Signals,
         serve(
             served,
-            args.listen,
+            listen,
             origin_config,
             config,
             serve::print_listening("origin"),

@@ -11,6 +11,9 @@ use compio::io::AsyncWriteAtExt;
 use shoal_engine::transport::UploadPath;
 use shoal_engine::{BlobState, BlobStatus, Driver, Engine, EngineConfig};
 use shoal_proto::Digest;
+use shoal_servers::config::{EngineSection, defaults};
+
+use crate::settings::{ConfigFile, missing};
 
 #[derive(Subcommand, Debug)]
 pub enum PeerCommand {
@@ -51,24 +54,29 @@ pub enum PeerCommand {
     },
 }
 
+/// The engine's switches, shared by `shoal peer`, `shoal agent` and `shoal origin`. Each
+/// overrides the `[engine]` key of a `--config` file where the component takes one; unset,
+/// the file's key or the default applies.
 #[derive(Args, Debug)]
 pub struct EngineArgs {
-    /// The store's root directory.
+    /// The store's root directory (required, here or as engine.data_dir).
     #[arg(long)]
-    data_dir: PathBuf,
-    /// A tracker address (repeat for several).
-    #[arg(long = "tracker", required = true)]
+    data_dir: Option<PathBuf>,
+    /// A tracker address (repeat for several; required, here or as engine.trackers).
+    #[arg(long = "tracker")]
     trackers: Vec<SocketAddr>,
-    /// Shard threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    shards: usize,
+    /// Shard threads (0: one per core) [default: 0].
+    #[arg(long)]
+    shards: Option<usize>,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
-    #[arg(long, value_enum, default_value_t = DriverArg::Auto)]
-    driver: DriverArg,
-    #[arg(long, value_enum, default_value_t = UploadArg::Splice)]
-    upload_path: UploadArg,
+    /// [default: auto]
+    #[arg(long, value_enum)]
+    driver: Option<DriverArg>,
+    /// [default: splice]
+    #[arg(long, value_enum)]
+    upload_path: Option<UploadArg>,
     /// Egress limit for piece uploads, bytes per second.
     #[arg(long)]
     egress_limit: Option<u64>,
@@ -97,28 +105,94 @@ enum UploadArg {
 }
 
 impl EngineArgs {
-    /// The engine's config, with its peer port at `listen`.
-    pub fn config(&self, origin: bool, listen: SocketAddr) -> EngineConfig {
-        let mut config = EngineConfig::new(&self.data_dir, self.trackers.clone());
-        if origin {
-            config = config.into_origin();
-        }
+    /// The engine's config for `shoal peer` (no config file), with its peer port at `listen`.
+    pub fn config(&self, origin: bool, listen: SocketAddr) -> Result<EngineConfig, String> {
+        let mut config = engine_defaults(origin);
         config.listen = listen;
-        config.shards = self.shards;
-        config.pin_threads = !self.no_pin;
-        config.driver = match self.driver {
-            DriverArg::Auto => Driver::Auto,
-            DriverArg::Poll => Driver::Poll,
-        };
-        config.upload_path = match self.upload_path {
-            UploadArg::Splice => UploadPath::Splice,
-            UploadArg::Copy => UploadPath::Copy,
-        };
-        config.egress_bytes_per_s = self.egress_limit;
-        config.ingress_bytes_per_s = self.ingress_limit;
-        config.store.verify_digest_on_complete = !self.no_verify_digest;
+        self.overlay::<()>(&mut config, None)?;
         config
+            .validate()
+            .map_err(|e| format!("engine settings: {e}"))?;
+        Ok(config)
     }
+
+    /// The engine's config for a component: defaults (an origin's when `origin`), then the
+    /// file's `[engine]`, then these flags and `peer_listen` (the component's `--peer-listen`).
+    pub fn config_with_file<T>(
+        &self,
+        origin: bool,
+        peer_listen: Option<SocketAddr>,
+        section: &EngineSection,
+        file: &ConfigFile<T>,
+    ) -> Result<EngineConfig, String> {
+        let mut config = engine_defaults(origin);
+        config.listen = defaults::PEER_LISTEN;
+        section.overlay(&mut config).map_err(|e| file.error(e))?;
+        if let Some(listen) = peer_listen {
+            config.listen = listen;
+        }
+        self.overlay(&mut config, Some(file))?;
+        config
+            .validate()
+            .map_err(|e| file.error(format!("engine: {e}")))?;
+        Ok(config)
+    }
+
+    /// Writes the flags given over `config`; checks that the data directory and a tracker
+    /// came from somewhere (`file` names where else they could have come from).
+    fn overlay<T>(
+        &self,
+        config: &mut EngineConfig,
+        file: Option<&ConfigFile<T>>,
+    ) -> Result<(), String> {
+        if let Some(dir) = &self.data_dir {
+            config.data_dir.clone_from(dir);
+        }
+        if !self.trackers.is_empty() {
+            config.trackers.clone_from(&self.trackers);
+        }
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        if self.no_pin {
+            config.pin_threads = false;
+        }
+        if let Some(driver) = self.driver {
+            config.driver = match driver {
+                DriverArg::Auto => Driver::Auto,
+                DriverArg::Poll => Driver::Poll,
+            };
+        }
+        if let Some(path) = self.upload_path {
+            config.upload_path = match path {
+                UploadArg::Splice => UploadPath::Splice,
+                UploadArg::Copy => UploadPath::Copy,
+            };
+        }
+        if self.egress_limit.is_some() {
+            config.egress_bytes_per_s = self.egress_limit;
+        }
+        if self.ingress_limit.is_some() {
+            config.ingress_bytes_per_s = self.ingress_limit;
+        }
+        if self.no_verify_digest {
+            config.store.verify_digest_on_complete = false;
+        }
+        let key = |key| file.map(|_| key);
+        if config.data_dir.as_os_str().is_empty() {
+            return Err(missing("--data-dir", key("engine.data_dir")));
+        }
+        if config.trackers.is_empty() {
+            return Err(missing("--tracker", key("engine.trackers")));
+        }
+        Ok(())
+    }
+}
+
+/// The engine's built-in defaults, with no data directory and no tracker yet.
+fn engine_defaults(origin: bool) -> EngineConfig {
+    let config = EngineConfig::new(PathBuf::new(), Vec::new());
+    if origin { config.into_origin() } else { config }
 }
 
 pub fn run(command: PeerCommand) -> Result<(), String> {
@@ -130,7 +204,8 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             origin,
             files,
         } => {
-            let engine = Engine::start(engine.config(origin, listen)).map_err(|e| e.to_string())?;
+            let engine =
+                Engine::start(engine.config(origin, listen)?).map_err(|e| e.to_string())?;
             println!("listening {}", engine.listen_addr());
             runtime.block_on(async {
                 for file in &files {
@@ -154,7 +229,7 @@ pub fn run(command: PeerCommand) -> Result<(), String> {
             digest,
         } => {
             let digest = Digest::parse(&digest).map_err(|e| e.to_string())?;
-            let engine = Engine::start(engine.config(false, listen)).map_err(|e| e.to_string())?;
+            let engine = Engine::start(engine.config(false, listen)?).map_err(|e| e.to_string())?;
             println!("listening {}", engine.listen_addr());
             runtime.block_on(async {
                 let started = Instant::now();

@@ -14,22 +14,32 @@ use clap::Args;
 use compio::net::TcpListener;
 use futures_util::future::{Either, select};
 use shoal_engine::{Engine, EngineConfig};
+use shoal_servers::config::HttpSection;
 use shoal_servers::http::{self, Handler, HttpConfig};
+
+use crate::settings::ConfigFile;
 
 #[derive(Args, Debug)]
 pub struct HttpArgs {
-    /// HTTP connections served at once (more wait in the kernel's backlog).
-    #[arg(long, default_value_t = HttpConfig::default().connections_max)]
-    http_connections_max: usize,
+    /// HTTP connections served at once (more wait in the kernel's backlog) [default: 1024,
+    /// or the file's http.connections_max].
+    #[arg(long)]
+    http_connections_max: Option<usize>,
 }
 
 impl HttpArgs {
-    pub fn config(&self) -> Result<HttpConfig, String> {
-        let config = HttpConfig {
-            connections_max: self.http_connections_max,
-            ..HttpConfig::default()
-        };
-        config.validate()?;
+    /// The HTTP server's config: defaults, then the file's `[http]`, then the flags.
+    pub fn config<T>(
+        &self,
+        section: &HttpSection,
+        file: &ConfigFile<T>,
+    ) -> Result<HttpConfig, String> {
+        let mut config = HttpConfig::default();
+        section.overlay(&mut config).map_err(|e| file.error(e))?;
+        if let Some(n) = self.http_connections_max {
+            config.connections_max = n;
+        }
+        config.validate().map_err(|e| file.error(e))?;
         Ok(config)
     }
 }

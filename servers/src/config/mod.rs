@@ -3,10 +3,18 @@
 //! `deny_unknown_fields`: the error names the key, the file, the line). The shipped examples
 //! in `configs/` document every key; a test parses each of them.
 //!
-//! Sections shared by several components: [`EngineSection`] (`[engine]`, with
-//! `[engine.store]`) and [`HttpSection`] (`[http]`). Values take human units ([`units`]):
-//! sizes `"16MiB"`, rates `"100MB/s"` or `"1Gbit/s"`, durations `"2s"`, `"24h"`.
+//! One file type per component: [`AgentFile`], [`OriginFile`], [`TrackerFile`],
+//! [`BuildIndexFile`], [`ProxyFile`], [`DevFile`]. Sections shared by several components:
+//! [`EngineSection`] (`[engine]`, with `[engine.store]`) and [`HttpSection`] (`[http]`).
+//! Values take human units ([`units`]): sizes `"16MiB"`, rates `"100MB/s"` or `"1Gbit/s"`,
+//! durations `"2s"`, `"24h"`. Defaults that belong to no server's own config type (listen
+//! addresses, `shoal dev`'s layout) are in [`defaults`].
+//!
+//! A file only describes settings; the `shoal` binary merges them: built-in defaults, then the
+//! file's keys (each section's `overlay`), then the command line's flags, then one validation
+//! of the result.
 
+pub mod defaults;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -18,7 +26,9 @@ use shoal_engine::transport::UploadPath;
 use shoal_engine::{Driver, EngineConfig};
 
 use crate::http::HttpConfig;
+use crate::origin::OriginConfig;
 use crate::tracker::TrackerServerConfig;
+use crate::uploads::UploadLimits;
 use units::{Bytes, BytesPerSecond, Span};
 
 /// A config file that could not be used.
@@ -135,9 +145,16 @@ fn rate(value: BytesPerSecond) -> Option<u64> {
 }
 
 impl EngineSection {
-    /// Writes the keys the file sets over `config` (which holds the defaults, or what the
-    /// command line said), then checks the result.
+    /// Writes the keys the file sets over `config` (which holds the defaults), then checks
+    /// the result.
     pub fn apply(&self, config: &mut EngineConfig) -> Result<(), String> {
+        self.overlay(config)?;
+        config.validate()
+    }
+
+    /// Writes the keys the file sets over `config` without checking the whole (flags may
+    /// still follow): errors only for a value that cannot be converted, naming its key.
+    pub fn overlay(&self, config: &mut EngineConfig) -> Result<(), String> {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
@@ -219,7 +236,7 @@ impl EngineSection {
         if let Some(verify) = store.verify_digest_on_complete {
             config.store.verify_digest_on_complete = verify;
         }
-        config.validate()
+        Ok(())
     }
 }
 
@@ -233,7 +250,14 @@ pub struct HttpSection {
 }
 
 impl HttpSection {
+    /// Writes the keys the file sets over `config`, then checks the result.
     pub fn apply(&self, config: &mut HttpConfig) -> Result<(), String> {
+        self.overlay(config)?;
+        config.validate()
+    }
+
+    /// Writes the keys the file sets over `config` without checking the whole.
+    pub fn overlay(&self, config: &mut HttpConfig) -> Result<(), String> {
         if let Some(n) = self.connections_max {
             config.connections_max = n;
         }
@@ -244,7 +268,7 @@ impl HttpSection {
             config.request_head_bytes_max = usize::try_from(bytes.0)
                 .map_err(|_| "http.request_head_bytes_max: too large".to_owned())?;
         }
-        config.validate()
+        Ok(())
     }
 }
 
@@ -261,8 +285,173 @@ pub struct AgentFile {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentSection {
-    /// The pull API's address (default 127.0.0.1:5000).
+    /// The pull API's address ([`defaults::AGENT_LISTEN`]).
     pub listen: Option<SocketAddr>,
+    /// The origin's internal API, where manifests are read (with `build_index`).
+    pub origin: Option<SocketAddr>,
+    /// The build-index's internal API, where tags are resolved (with `origin`).
+    pub build_index: Option<SocketAddr>,
+    /// The proxy's push API, where pushes are forwarded.
+    pub proxy: Option<SocketAddr>,
+}
+
+/// `shoal origin --config FILE`: `configs/origin.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginFile {
+    pub origin: OriginSection,
+    pub engine: EngineSection,
+    pub http: HttpSection,
+}
+
+/// `[origin]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginSection {
+    /// The internal blob API's address ([`defaults::ORIGIN_LISTEN`]).
+    pub listen: Option<SocketAddr>,
+    /// Largest blob a PUT may carry.
+    pub blob_bytes_max: Option<Bytes>,
+}
+
+impl OriginSection {
+    /// Writes the keys the file sets over `config` (`listen` is the caller's).
+    pub fn overlay(&self, config: &mut OriginConfig) -> Result<(), String> {
+        if let Some(bytes) = self.blob_bytes_max {
+            if bytes.0 == 0 {
+                return Err("origin.blob_bytes_max: at least 1 byte".into());
+            }
+            config.blob_bytes_max = bytes.0;
+        }
+        Ok(())
+    }
+}
+
+/// `shoal build-index --config FILE`: `configs/build-index.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildIndexFile {
+    pub build_index: BuildIndexSection,
+    pub http: HttpSection,
+}
+
+/// `[build_index]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuildIndexSection {
+    /// The internal tag API's address ([`defaults::BUILD_INDEX_LISTEN`]).
+    pub listen: Option<SocketAddr>,
+    /// The tag store's root directory (no default: here or `--data-dir`).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// `shoal proxy --config FILE`: `configs/proxy.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyFile {
+    pub proxy: ProxySection,
+    pub http: HttpSection,
+}
+
+/// `[proxy]`, with `[proxy.uploads]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySection {
+    /// The push API's address ([`defaults::PROXY_LISTEN`]).
+    pub listen: Option<SocketAddr>,
+    /// Where upload sessions are staged (no default: here or `--data-dir`).
+    pub data_dir: Option<PathBuf>,
+    /// The origin's internal API (no default: here or `--origin`).
+    pub origin: Option<SocketAddr>,
+    /// The build-index's internal API (no default: here or `--build-index`).
+    pub build_index: Option<SocketAddr>,
+    pub uploads: UploadsSection,
+}
+
+/// `[proxy.uploads]`: the bounds of the upload store ([`UploadLimits`]) and how often idle
+/// sessions are swept.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadsSection {
+    pub sessions_max: Option<usize>,
+    pub blob_bytes_max: Option<Bytes>,
+    /// Unset: `blob_bytes_max` (Docker sends a whole layer as one chunk).
+    pub chunk_bytes_max: Option<Bytes>,
+    pub idle_timeout: Option<Span>,
+    pub sweep_interval: Option<Span>,
+}
+
+impl UploadsSection {
+    /// Writes the keys the file sets over `limits` and `sweep_interval` (which hold the
+    /// defaults), then checks the result, naming the key at fault.
+    pub fn apply(
+        &self,
+        limits: &mut UploadLimits,
+        sweep_interval: &mut std::time::Duration,
+    ) -> Result<(), String> {
+        if let Some(n) = self.sessions_max {
+            limits.sessions_max = n;
+        }
+        if let Some(bytes) = self.blob_bytes_max {
+            // A chunk may be a whole blob unless the file says otherwise.
+            if limits.chunk_bytes_max == limits.blob_bytes_max {
+                limits.chunk_bytes_max = bytes.0;
+            }
+            limits.blob_bytes_max = bytes.0;
+        }
+        if let Some(bytes) = self.chunk_bytes_max {
+            limits.chunk_bytes_max = bytes.0;
+        }
+        if let Some(span) = self.idle_timeout {
+            limits.idle_timeout = span.0;
+        }
+        if let Some(span) = self.sweep_interval {
+            *sweep_interval = span.0;
+        }
+        if limits.sessions_max == 0 {
+            return Err("proxy.uploads.sessions_max: at least 1".into());
+        }
+        if limits.blob_bytes_max == 0 || limits.blob_bytes_max > UploadLimits::BLOB_BYTES_MAX_MAX {
+            return Err(format!(
+                "proxy.uploads.blob_bytes_max: {} is not in 1..=2^50",
+                limits.blob_bytes_max
+            ));
+        }
+        if limits.chunk_bytes_max == 0 || limits.chunk_bytes_max > limits.blob_bytes_max {
+            return Err(format!(
+                "proxy.uploads.chunk_bytes_max: {} is not in 1..=blob_bytes_max ({})",
+                limits.chunk_bytes_max, limits.blob_bytes_max
+            ));
+        }
+        if limits.idle_timeout.is_zero() {
+            return Err("proxy.uploads.idle_timeout: must be positive".into());
+        }
+        if sweep_interval.is_zero() {
+            return Err("proxy.uploads.sweep_interval: must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// `shoal dev --config FILE`: `configs/dev.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevFile {
+    pub dev: DevSection,
+}
+
+/// `[dev]`: where `shoal dev` keeps its stores and which ports it takes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSection {
+    /// [`defaults::DEV_DATA_DIR`].
+    pub data_dir: Option<PathBuf>,
+    /// [`defaults::DEV_AGENT_LISTEN`].
+    pub agent_listen: Option<SocketAddr>,
+    /// [`defaults::DEV_PORTS_FROM`].
+    pub ports_from: Option<u16>,
+    /// Shard threads per engine ([`defaults::DEV_SHARDS`]).
+    pub shards: Option<usize>,
 }
 
 /// `shoal tracker --config FILE`: `configs/tracker.toml`.

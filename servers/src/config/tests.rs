@@ -2,9 +2,25 @@ use std::path::{Path, PathBuf};
 
 use shoal_engine::EngineConfig;
 
-use super::{AgentFile, ConfigError, TrackerFile, load, parse};
+use super::{
+    AgentFile, BuildIndexFile, ConfigError, DevFile, HttpSection, OriginFile, ProxyFile,
+    TrackerFile, defaults, load, parse,
+};
 use crate::http::HttpConfig;
+use crate::origin::OriginConfig;
 use crate::tracker::TrackerServerConfig;
+use crate::uploads::UploadLimits;
+
+/// Every component config shipped in `configs/`; each has a test below that parses it and
+/// checks that it states the defaults.
+const SHIPPED: [&str; 6] = [
+    "agent.toml",
+    "build-index.toml",
+    "dev.toml",
+    "origin.toml",
+    "proxy.toml",
+    "tracker.toml",
+];
 
 fn shipped(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,18 +32,157 @@ fn engine_defaults() -> EngineConfig {
     EngineConfig::new("/data", vec!["127.0.0.1:7100".parse().unwrap()])
 }
 
+/// Applying the file's `[http]` over the defaults changes nothing.
+fn assert_http_defaults(section: &HttpSection) {
+    let mut http = HttpConfig::default();
+    section.apply(&mut http).unwrap();
+    assert_eq!(format!("{http:?}"), format!("{:?}", HttpConfig::default()));
+}
+
+#[test]
+fn every_shipped_component_config_is_checked() {
+    let mut found: Vec<String> = std::fs::read_dir(shipped(""))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".toml"))
+        .collect();
+    found.sort();
+    assert_eq!(found, SHIPPED);
+}
+
 #[test]
 fn the_shipped_agent_config_parses_and_states_the_defaults() {
     let file: AgentFile = load(&shipped("agent.toml")).unwrap();
-    assert_eq!(file.agent.listen, Some("127.0.0.1:5000".parse().unwrap()));
+    assert_eq!(file.agent.listen, Some(defaults::AGENT_LISTEN));
+    // Commented out: no default (manifests, tags and pushes are then refused).
+    assert_eq!(file.agent.origin, None);
+    assert_eq!(file.agent.build_index, None);
+    assert_eq!(file.agent.proxy, None);
+    assert_eq!(file.engine.peer_listen, Some(defaults::PEER_LISTEN));
     // Every value in the example is the default: applying it changes nothing.
     let mut config = engine_defaults();
     file.engine.apply(&mut config).unwrap();
     let defaults = engine_defaults();
     assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
-    let mut http = HttpConfig::default();
-    file.http.apply(&mut http).unwrap();
-    assert_eq!(format!("{http:?}"), format!("{:?}", HttpConfig::default()));
+    assert_http_defaults(&file.http);
+}
+
+#[test]
+fn the_shipped_origin_config_parses_and_states_the_defaults() {
+    let file: OriginFile = load(&shipped("origin.toml")).unwrap();
+    assert_eq!(file.origin.listen, Some(defaults::ORIGIN_LISTEN));
+    assert_eq!(file.engine.peer_listen, Some(defaults::PEER_LISTEN));
+    let mut origin = OriginConfig::default();
+    file.origin.overlay(&mut origin).unwrap();
+    assert_eq!(
+        format!("{origin:?}"),
+        format!("{:?}", OriginConfig::default())
+    );
+    // An origin's engine defaults (more connections than an agent's).
+    let mut config = engine_defaults().into_origin();
+    file.engine.apply(&mut config).unwrap();
+    let defaults = engine_defaults().into_origin();
+    assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    assert_http_defaults(&file.http);
+}
+
+#[test]
+fn the_shipped_build_index_config_parses_and_states_the_defaults() {
+    let file: BuildIndexFile = load(&shipped("build-index.toml")).unwrap();
+    assert_eq!(file.build_index.listen, Some(defaults::BUILD_INDEX_LISTEN));
+    assert_eq!(file.build_index.data_dir, None);
+    assert_http_defaults(&file.http);
+}
+
+#[test]
+fn the_shipped_proxy_config_parses_and_states_the_defaults() {
+    let file: ProxyFile = load(&shipped("proxy.toml")).unwrap();
+    let proxy = &file.proxy;
+    assert_eq!(proxy.listen, Some(defaults::PROXY_LISTEN));
+    assert_eq!(
+        (proxy.data_dir.as_ref(), proxy.origin, proxy.build_index),
+        (None, None, None)
+    );
+    let mut limits = UploadLimits::default();
+    let mut sweep_interval = defaults::UPLOAD_SWEEP_INTERVAL;
+    proxy
+        .uploads
+        .apply(&mut limits, &mut sweep_interval)
+        .unwrap();
+    assert_eq!(limits, UploadLimits::default());
+    assert_eq!(sweep_interval, defaults::UPLOAD_SWEEP_INTERVAL);
+    assert_http_defaults(&file.http);
+}
+
+#[test]
+fn the_shipped_dev_config_parses_and_states_the_defaults() {
+    let file: DevFile = load(&shipped("dev.toml")).unwrap();
+    let dev = &file.dev;
+    assert_eq!(
+        dev.data_dir.as_deref(),
+        Some(Path::new(defaults::DEV_DATA_DIR))
+    );
+    assert_eq!(dev.agent_listen, Some(defaults::DEV_AGENT_LISTEN));
+    assert_eq!(dev.ports_from, Some(defaults::DEV_PORTS_FROM));
+    assert_eq!(dev.shards, Some(defaults::DEV_SHARDS));
+}
+
+#[test]
+fn upload_limits_follow_the_file_and_are_checked_by_key() {
+    let apply = |text: &str| {
+        let file: ProxyFile = parse(Path::new("proxy.toml"), text).unwrap();
+        let mut limits = UploadLimits::default();
+        let mut sweep_interval = defaults::UPLOAD_SWEEP_INTERVAL;
+        file.proxy
+            .uploads
+            .apply(&mut limits, &mut sweep_interval)
+            .map(|()| (limits, sweep_interval))
+    };
+    // A smaller blob bound takes the chunk bound down with it unless the file sets it.
+    let (limits, sweep) =
+        apply("[proxy.uploads]\nblob_bytes_max = \"1GiB\"\nsweep_interval = \"5s\"\n").unwrap();
+    assert_eq!(limits.blob_bytes_max, 1 << 30);
+    assert_eq!(limits.chunk_bytes_max, 1 << 30);
+    assert_eq!(sweep.as_secs(), 5);
+    let (limits, _) =
+        apply("[proxy.uploads]\nblob_bytes_max = \"1GiB\"\nchunk_bytes_max = \"8MiB\"\n").unwrap();
+    assert_eq!(limits.chunk_bytes_max, 8 << 20);
+    for (text, key) in [
+        ("[proxy.uploads]\nsessions_max = 0\n", "sessions_max"),
+        ("[proxy.uploads]\nblob_bytes_max = 0\n", "blob_bytes_max"),
+        (
+            "[proxy.uploads]\nblob_bytes_max = \"1GiB\"\nchunk_bytes_max = \"2GiB\"\n",
+            "chunk_bytes_max",
+        ),
+        ("[proxy.uploads]\nidle_timeout = \"0s\"\n", "idle_timeout"),
+        ("[proxy.uploads]\nsweep_interval = 0\n", "sweep_interval"),
+    ] {
+        let error = apply(text).unwrap_err();
+        assert!(error.contains(key), "{text:?}: {error}");
+    }
+}
+
+#[test]
+fn each_component_file_refuses_unknown_keys_by_name() {
+    fn refused<T: serde::de::DeserializeOwned + std::fmt::Debug>(text: &str, key: &str) {
+        match parse::<T>(Path::new("c.toml"), text) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains(key), "{message:?} does not name {key}");
+                assert!(message.contains("line"), "{message:?} gives no line");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+    refused::<AgentFile>("[agent]\nproxi = \"127.0.0.1:1\"\n", "proxi");
+    refused::<OriginFile>("[origin]\nblob_max = 1\n", "blob_max");
+    refused::<OriginFile>("[origin]\nlisten = \"localhost\"\n", "listen");
+    refused::<BuildIndexFile>("[build-index]\n", "build-index");
+    refused::<BuildIndexFile>("[build_index]\ndatadir = \"x\"\n", "datadir");
+    refused::<ProxyFile>("[proxy.uploads]\nsession_max = 1\n", "session_max");
+    refused::<ProxyFile>("[proxy]\nengine = 1\n", "engine");
+    refused::<DevFile>("[dev]\nport_from = 1\n", "port_from");
+    refused::<DevFile>("[dev]\nports_from = 70000\n", "ports_from");
+    refused::<DevFile>("[engine]\n", "engine");
 }
 
 #[test]
