@@ -59,10 +59,11 @@ pub enum PeerCommand {
 /// the file's key or the default applies.
 #[derive(Args, Debug)]
 pub struct EngineArgs {
-    /// The store's root directory (required, here or as engine.data_dir).
+    /// The store's root directory (required; with --config, engine.data_dir may give it).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// A tracker address (repeat for several; required, here or as engine.trackers).
+    /// A tracker address (repeat for several; required; with --config, engine.trackers may
+    /// give them).
     #[arg(long = "tracker")]
     trackers: Vec<SocketAddr>,
     /// Shard threads (0: one per core) [default: 0].
@@ -71,10 +72,10 @@ pub struct EngineArgs {
     /// Do not pin shard threads to cores.
     #[arg(long)]
     no_pin: bool,
-    /// [default: auto]
+    /// The I/O driver [default: auto].
     #[arg(long, value_enum)]
     driver: Option<DriverArg>,
-    /// [default: splice]
+    /// How piece uploads leave [default: splice].
     #[arg(long, value_enum)]
     upload_path: Option<UploadArg>,
     /// Egress limit for piece uploads, bytes per second.
