@@ -72,14 +72,25 @@ pub struct DevArgs {
     shards: Option<usize>,
 }
 
-/// `shoal dev`'s settings: defaults, then the file's `[dev]`, then the flags.
-#[derive(Debug, Clone)]
+/// `shoal dev`'s settings: defaults, then the file's `[dev]`, then the flags; the file's
+/// `[engine]` goes over both engines' defaults.
+#[derive(Debug)]
 struct DevSettings {
     data_dir: PathBuf,
     agent_listen: SocketAddr,
     ports_from: u16,
     shards: usize,
+    /// The config file (its `[engine]`, and its path for messages).
+    file: ConfigFile<DevFile>,
 }
+
+/// `[engine]` keys that `shoal dev` sets itself, and the `[dev]` key that decides each.
+const DEV_ENGINE_KEYS: [(&str, &str); 4] = [
+    ("engine.data_dir", "dev.data_dir"),
+    ("engine.trackers", "dev.ports_from"),
+    ("engine.peer_listen", "dev.ports_from"),
+    ("engine.shards", "dev.shards"),
+];
 
 impl DevSettings {
     fn new(args: &DevArgs) -> Result<DevSettings, String> {
@@ -100,7 +111,21 @@ impl DevSettings {
                 .or(keys.ports_from)
                 .unwrap_or(defaults::DEV_PORTS_FROM),
             shards: args.shards.or(keys.shards).unwrap_or(defaults::DEV_SHARDS),
+            file,
         };
+        let file = &settings.file;
+        let engine = &file.keys.engine;
+        let set = [
+            engine.data_dir.is_some(),
+            engine.trackers.is_some(),
+            engine.peer_listen.is_some(),
+            engine.shards.is_some(),
+        ];
+        for (set, (key, instead)) in set.into_iter().zip(DEV_ENGINE_KEYS) {
+            if set {
+                return Err(file.error(format!("{key}: shoal dev decides it (see {instead})")));
+            }
+        }
         if settings.shards == 0 {
             return Err(file.error("--shards (dev.shards) must be at least 1"));
         }
@@ -212,8 +237,8 @@ fn start_all(
     running: &mut Vec<Running>,
 ) -> Result<(), String> {
     let data = &args.data_dir;
-    std::fs::create_dir_all(data).map_err(|e| format!("data dir {}: {e}", data.display()))?;
     let http = HttpConfig::default();
+    let file = &args.file;
     let engine_config = |dir: &Path, listen: SocketAddr, origin: bool| {
         let mut config = EngineConfig::new(dir, vec![ports.tracker]);
         if origin {
@@ -223,8 +248,21 @@ fn start_all(
         config.shards = args.shards;
         // Several engines share the machine's cores: pinning would stack them on the same.
         config.pin_threads = false;
+        file.keys
+            .engine
+            .overlay(&mut config)
+            .map_err(|e| file.error(e))?;
         config
+            .validate()
+            .map_err(|e| file.error(format!("engine: {e}")))?;
+        Ok::<_, String>(config)
     };
+    // Both engines' settings are checked before anything starts or is created.
+    let origin_dir = data.join("origin");
+    let origin_engine = engine_config(&origin_dir, ports.origin_peer, true)?;
+    let agent_dir = data.join("agent");
+    let agent_engine = engine_config(&agent_dir, ports.agent_peer, false)?;
+    std::fs::create_dir_all(data).map_err(|e| format!("data dir {}: {e}", data.display()))?;
 
     let tracker = ports.tracker;
     running.push(spawn("tracker", tracker, exited, move |ready| {
@@ -236,8 +274,7 @@ fn start_all(
     })?);
     println!("tracker     listening on {tracker} (memory only)");
 
-    let origin_dir = data.join("origin");
-    let config = engine_config(&origin_dir, ports.origin_peer, true);
+    let config = origin_engine;
     let (origin, origin_http) = (ports.origin, http.clone());
     running.push(spawn("origin", origin, exited, move |ready| async move {
         let engine = EngineGuard::start(config)?;
@@ -278,8 +315,7 @@ fn start_all(
         proxy_dir.display()
     );
 
-    let agent_dir = data.join("agent");
-    let config = engine_config(&agent_dir, ports.agent_peer, false);
+    let config = agent_engine;
     let agent = ports.agent;
     running.push(spawn("agent", agent, exited, move |ready| async move {
         let engine = EngineGuard::start(config)?;

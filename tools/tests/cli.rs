@@ -363,6 +363,18 @@ fn config_files_with_unknown_keys_or_bad_values_are_refused_naming_key_file_and_
             None,
         ),
         ("dev", "[dev]\nshards = 0\n".into(), "dev.shards", None),
+        (
+            "dev",
+            format!("[dev]\ndata_dir = \"{dir}/d\"\n[engine]\ndata_dir = \"{dir}/d2\"\n"),
+            "engine.data_dir",
+            None,
+        ),
+        (
+            "dev",
+            format!("[dev]\ndata_dir = \"{dir}/d\"\n[engine]\nconnections_max = 0\n"),
+            "connections_max",
+            None,
+        ),
     ];
     for (n, (component, text, key, line)) in cases.iter().enumerate() {
         let file = config_file(&scratch, &format!("{component}-{n}.toml"), text);
@@ -376,7 +388,7 @@ fn config_files_with_unknown_keys_or_bad_values_are_refused_naming_key_file_and_
         }
     }
     // Nothing was created for the refused configurations.
-    for dir in ["e", "p", "b"] {
+    for dir in ["e", "p", "b", "d", "d2"] {
         assert!(!scratch.path(dir).exists(), "{dir} was created");
     }
 }
@@ -618,7 +630,7 @@ fn dev_runs_from_its_config_file() {
             &scratch,
             &format!("dev-{attempt}.toml"),
             &format!(
-                "[dev]\ndata_dir = \"{}\"\nagent_listen = \"{agent}\"\nports_from = {ports_from}\nshards = 1\n",
+                "[dev]\ndata_dir = \"{}\"\nagent_listen = \"{agent}\"\nports_from = {ports_from}\nshards = 1\n[engine]\ndriver = \"poll\"\nupload_path = \"copy\"\n",
                 data.display()
             ),
         );

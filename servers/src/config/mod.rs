@@ -438,6 +438,9 @@ impl UploadsSection {
 #[serde(deny_unknown_fields, default)]
 pub struct DevFile {
     pub dev: DevSection,
+    /// Over both engines (origin and agent), but for the keys `shoal dev` sets itself
+    /// (`data_dir`, `trackers`, `peer_listen`, `shards`: refused).
+    pub engine: EngineSection,
 }
 
 /// `[dev]`: where `shoal dev` keeps its stores and which ports it takes.

@@ -132,6 +132,11 @@ fn the_shipped_dev_config_parses_and_states_the_defaults() {
     assert_eq!(dev.agent_listen, Some(defaults::DEV_AGENT_LISTEN));
     assert_eq!(dev.ports_from, Some(defaults::DEV_PORTS_FROM));
     assert_eq!(dev.shards, Some(defaults::DEV_SHARDS));
+    // The engines' overrides are all commented out: each engine keeps its defaults.
+    assert_eq!(
+        format!("{:?}", file.engine),
+        format!("{:?}", super::EngineSection::default())
+    );
 }
 
 #[test]
@@ -189,7 +194,8 @@ fn each_component_file_refuses_unknown_keys_by_name() {
     refused::<ProxyFile>("[proxy]\nengine = 1\n", "engine");
     refused::<DevFile>("[dev]\nport_from = 1\n", "port_from");
     refused::<DevFile>("[dev]\nports_from = 70000\n", "ports_from");
-    refused::<DevFile>("[engine]\n", "engine");
+    refused::<DevFile>("[engine]\nshard = 1\n", "shard");
+    refused::<DevFile>("[agent]\n", "agent");
 }
 
 #[test]
