@@ -18,6 +18,7 @@
 //! [`ManifestError`] to OCI error codes at its edge.
 
 mod manifest;
+mod member;
 mod names;
 mod record;
 pub mod server;
@@ -27,9 +28,13 @@ pub use manifest::{
     DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, MANIFEST_LEN_MAX, ManifestError, ManifestKind,
     OCI_INDEX, OCI_MANIFEST, References, referenced_digests,
 };
+pub use member::{
+    ANNOTATIONS_BYTES_MAX, MANIFEST_RECORD_LEN_MAX, ManifestRecord, REFERRERS_PER_SUBJECT_MAX,
+    REFERRERS_RESPONSE_BYTES_MAX,
+};
 pub use names::{NameError, REPOSITORY_LEN_MAX, TAG_LEN_MAX, validate_repository, validate_tag};
 pub use record::{MEDIA_TYPE_LEN_MAX, MediaTypeError, TagRecord, validate_media_type};
 pub use store::{
-    CorruptRecord, IndexError, PAGE_LEN_MAX, REPORT_LISTED_MAX, RecoveryReport, RepoPage, TagPage,
-    TagStore,
+    CorruptRecord, DeletedManifest, IndexError, PAGE_LEN_MAX, REPORT_LISTED_MAX, RecoveryReport,
+    RepoPage, TagPage, TagStore,
 };
