@@ -13,8 +13,9 @@
 //! - `GET /v2/<name>/referrers/<digest>` → the build-index's referrers of the digest in
 //!   `<name>` ([`manifests::referrers_response`], as the proxy answers).
 //! - Pushes (every `/v2/<name>/blobs/uploads/…` request, `PUT|DELETE` of manifests,
-//!   `DELETE` of blobs) and `GET /v2/_catalog` → forwarded to the proxy ([`Agent::forward`]): request body and
-//!   response body streamed, hop-by-hop headers dropped. Without a proxy: 503 `UNAVAILABLE`.
+//!   `DELETE` of blobs, which the proxy refuses) and `GET /v2/_catalog` → forwarded to the
+//!   proxy ([`Agent::forward`]): request body and response body streamed, hop-by-hop
+//!   headers dropped. Without a proxy: 503 `UNAVAILABLE` (a blob `DELETE`: 405).
 //! - Mirror mode: a request with containerd's `?ns=<registry>` is served for repository
 //!   `<registry>/<name>` ([`mirrored_path`]).
 //!
@@ -156,7 +157,9 @@ impl Agent {
             Route::Referrers { name, digest } if method == Method::GET => {
                 manifests::referrers_response(self.need_registry()?, name, &digest, query).await
             }
-            Route::Blob { .. } if method == Method::DELETE => {
+            // The proxy says whether (and why not) a blob can be deleted; an agent without
+            // one only serves reads.
+            Route::Blob { .. } if method == Method::DELETE && self.proxy.is_some() => {
                 self.forward(parts, &path, body).await
             }
             // Every upload request, whatever its method: the proxy answers for them all.
@@ -166,8 +169,7 @@ impl Agent {
                 Ok(method_not_allowed(method, "GET"))
             }
             Route::Manifest { .. } => Ok(method_not_allowed(method, "GET, HEAD, PUT, DELETE")),
-            Route::Blob { .. } => Ok(method_not_allowed(method, "GET, HEAD, DELETE")),
-            Route::Base => Ok(method_not_allowed(method, "GET, HEAD")),
+            Route::Base | Route::Blob { .. } => Ok(method_not_allowed(method, "GET, HEAD")),
         }
     }
 
