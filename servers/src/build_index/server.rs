@@ -678,6 +678,48 @@ mod tests {
             Err(ErrorCode::NameUnknown),
         );
         check(Method::GET, "/v2/", false, Err(ErrorCode::NameUnknown));
+
+        let digest = Digest::sha256_of(b"m");
+        let sha = digest.to_string();
+        check(
+            Method::PUT,
+            &format!("/internal/manifests/a/b/{sha}"),
+            false,
+            Ok(Manifest {
+                repo: "a/b",
+                digest,
+            }),
+        );
+        check(
+            Method::GET,
+            &format!("/internal/referrers/a/{sha}"),
+            true,
+            Ok(Referrers {
+                repo: "a",
+                subject: digest,
+            }),
+        );
+        for bad_name in [
+            format!("/internal/manifests/{sha}"),
+            format!("/internal/manifests/../a/{sha}"),
+            format!("/internal/referrers/a//{sha}"),
+            format!("/internal/referrers/a/%2e%2e/{sha}"),
+        ] {
+            check(Method::GET, &bad_name, false, Err(ErrorCode::NameInvalid));
+        }
+        for bad_digest in [
+            "/internal/manifests/a/latest",
+            "/internal/manifests/a/sha256:00",
+            "/internal/referrers/a/",
+            "/internal/referrers/a/..",
+        ] {
+            check(
+                Method::GET,
+                bad_digest,
+                false,
+                Err(ErrorCode::DigestInvalid),
+            );
+        }
     }
 
     #[test]
