@@ -4,15 +4,20 @@
 //!   disk, crash-safe (temporary file, fsync, rename, directory fsync; start-up recovery),
 //!   versioned with optional compare-and-set, no read cache (a tag update is visible on the
 //!   next read), paginated listings for `tags/list` and `_catalog`. Blocking std I/O: call
-//!   it off the data plane.
+//!   it off the data plane. The same store records which manifests each repository holds
+//!   and the referrers of each subject ([`TagStore::put_manifest`],
+//!   [`TagStore::delete_manifest`], [`TagStore::referrers`], `store/members.rs`), as
+//!   [`ManifestRecord`]s (`member.rs`), bounded by [`REFERRERS_PER_SUBJECT_MAX`] and
+//!   [`ANNOTATIONS_BYTES_MAX`].
 //! - [`referenced_digests`] (`manifest.rs`): what a manifest references, for the rule "a tag
-//!   is accepted only once every blob its manifest references exists" and, later, the
-//!   referrers API.
+//!   is accepted only once every blob its manifest references exists", and its `subject`,
+//!   `artifactType` and annotations for the referrers API.
 //! - [`validate_repository`], [`validate_tag`] (`names.rs`): the OCI name grammars, which
 //!   also keep every path inside the store's root.
 //!
 //! - [`server::BuildIndex`] (`server.rs`): the internal HTTP API over a `TagStore`
-//!   (`/internal/tags/…`, `/internal/repositories`), the only HTTP in this module.
+//!   (`/internal/tags/…`, `/internal/repositories`, `/internal/manifests/…`,
+//!   `/internal/referrers/…`), the only HTTP in this module.
 //!
 //! Only `server.rs` speaks HTTP: it maps [`IndexError`], [`NameError`] and
 //! [`ManifestError`] to OCI error codes at its edge.
