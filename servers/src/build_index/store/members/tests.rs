@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
@@ -300,4 +301,90 @@ fn corrupt_records_are_counted_at_start_up_and_skipped() {
     // A delete removes a corrupt referrer record too.
     assert!(store.delete_manifest("app", &digest(11)).unwrap().is_some());
     assert!(!flipped.exists());
+}
+
+/// A tmpfs of `size` at a fresh directory, unmounted on drop (mounting needs root, as the
+/// CI runs).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Every file under `root` with its bytes.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.insert(path.clone(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_full_disk_fails_the_put_and_leaves_nothing_half_written() {
+    let dir = TempDir::new("full");
+    let small = Tmpfs::mount(dir.0.join("small"), "256k");
+    let root = small.0.join("store");
+    let (store, _) = TagStore::open(&root).unwrap();
+    store.put_manifest("app", &image(1)).unwrap();
+    store.put_manifest("app", &referrer(10, 1, SIG)).unwrap();
+    let filler = small.0.join("filler");
+    {
+        let mut file = File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let before = snapshot(&root);
+
+    let mut big = referrer(11, 1, SBOM);
+    big.annotations = Some(BTreeMap::from([("k".to_string(), "v".repeat(6000))]));
+    match store.put_manifest("app", &big) {
+        Err(IndexError::Io { source, .. }) => {
+            assert_eq!(source.raw_os_error(), Some(28), "{source}") // ENOSPC
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        snapshot(&root),
+        before,
+        "a put on a full disk changed the store"
+    );
+    assert_eq!(store.manifest("app", &digest(11)).unwrap(), None);
+    assert_eq!(
+        store.referrers("app", &digest(1)).unwrap(),
+        [referrer(10, 1, SIG)]
+    );
+
+    // Room again: the store was not poisoned (nothing became visible), the put goes through.
+    fs::remove_file(&filler).unwrap();
+    store.put_manifest("app", &big).unwrap();
+    assert_eq!(store.referrers("app", &digest(1)).unwrap().len(), 2);
+    drop(store);
+    let (_, report) = TagStore::open(&root).unwrap();
+    assert_eq!(report.n_referrers, 2);
+    assert_eq!(report.n_temporary_removed, 0);
 }
