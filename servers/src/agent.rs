@@ -10,9 +10,12 @@
 //! - `GET|HEAD /v2/<name>/manifests/<tag|digest>` and `GET /v2/<name>/tags/list` → the
 //!   [`Registry`] (tag at the build-index on every request, bytes from the origin), shared
 //!   with the proxy in [`crate::manifests`]. Without a registry: 503 `UNAVAILABLE`.
-//! - Pushes (every `/v2/<name>/blobs/uploads/…` request, `PUT|DELETE` of manifests) and
-//!   `GET /v2/_catalog` → forwarded to the proxy ([`Agent::forward`]): request body and
-//!   response body streamed, hop-by-hop headers dropped. Without a proxy: 503 `UNAVAILABLE`.
+//! - `GET /v2/<name>/referrers/<digest>` → the build-index's referrers of the digest in
+//!   `<name>` ([`manifests::referrers_response`], as the proxy answers).
+//! - Pushes (every `/v2/<name>/blobs/uploads/…` request, `PUT|DELETE` of manifests,
+//!   `DELETE` of blobs, which the proxy refuses) and `GET /v2/_catalog` → forwarded to the
+//!   proxy ([`Agent::forward`]): request body and response body streamed, hop-by-hop
+//!   headers dropped. Without a proxy: 503 `UNAVAILABLE` (a blob `DELETE`: 405).
 //! - Mirror mode: a request with containerd's `?ns=<registry>` is served for repository
 //!   `<registry>/<name>` ([`mirrored_path`]).
 //!
@@ -151,10 +154,20 @@ impl Agent {
             Route::TagsList { name } if method == Method::GET => {
                 manifests::tags_list_response(self.need_registry()?, name, query).await
             }
+            Route::Referrers { name, digest } if method == Method::GET => {
+                manifests::referrers_response(self.need_registry()?, name, &digest, query).await
+            }
+            // The proxy says whether (and why not) a blob can be deleted; an agent without
+            // one only serves reads.
+            Route::Blob { .. } if method == Method::DELETE && self.proxy.is_some() => {
+                self.forward(parts, &path, body).await
+            }
             // Every upload request, whatever its method: the proxy answers for them all.
             Route::Upload { .. } => self.forward(parts, &path, body).await,
             Route::Catalog if method == Method::GET => self.forward(parts, &path, body).await,
-            Route::Catalog | Route::TagsList { .. } => Ok(method_not_allowed(method, "GET")),
+            Route::Catalog | Route::TagsList { .. } | Route::Referrers { .. } => {
+                Ok(method_not_allowed(method, "GET"))
+            }
             Route::Manifest { .. } => Ok(method_not_allowed(method, "GET, HEAD, PUT, DELETE")),
             Route::Base | Route::Blob { .. } => Ok(method_not_allowed(method, "GET, HEAD")),
         }

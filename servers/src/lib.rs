@@ -7,14 +7,16 @@
 //!   API's paths and `Range` header.
 //! - [`agent`]: the agent's pull API over one engine (blobs through the swarm, manifests and
 //!   tags through [`registry::Registry`], pushes forwarded to the proxy, containerd mirror `ns`).
-//! - [`manifests`]: manifest reads, tag lists and the catalog, shared by the proxy and agent.
+//! - [`manifests`]: manifest reads (scoped to their repository), tag lists, the catalog and
+//!   OCI 1.1 referrers, shared by the proxy and agent.
 //! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
 //!   GET) over one origin engine, which stores and seeds what is pushed.
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
 //!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
 //!   later.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
-//!   on local disk), manifest reference parsing, and its internal HTTP API
+//!   on local disk, plus each repository's manifests and referrers), manifest reference
+//!   parsing, and its internal HTTP API
 //!   (`build_index::server::BuildIndex`).
 //! - [`config`]: the components' TOML config files (shared `[engine]` and `[http]`
 //!   sections, human units, unknown keys refused by name).

@@ -1,23 +1,33 @@
 //! The read side of the distribution API that the proxy (push front) and the agent (pull
 //! front) both serve, over one [`Registry`]: manifests by tag or digest, tag listings and
-//! the catalog. One implementation, so the two fronts answer alike.
+//! the catalog, referrers. One implementation, so the two fronts answer alike.
 //!
 //! - [`manifest_response`]: `GET|HEAD /v2/<name>/manifests/<reference>`. A tag is resolved
 //!   at the build-index on every request (no cache: a retag is seen by the very next
-//!   request); the bytes come from the origin (manifests are small blobs, read straight from
-//!   an origin rather than through the swarm), checked against the digest. `Content-Type` is
-//!   the tag record's media type, or for a digest the manifest's own `mediaType`, else what
-//!   its shape says ([`detect_media_type`]). The request's `Accept` is ignored: a manifest is
+//!   request); a digest must be a manifest of the repository (the build-index's membership
+//!   record, written on every manifest push and for every tag), else 404
+//!   `MANIFEST_UNKNOWN`, whatever the origin stores. The bytes come from the origin
+//!   (manifests are small blobs, read straight from an origin rather than through the
+//!   swarm), checked against the digest. `Content-Type` is the tag record's media type, or
+//!   for a digest the membership record's (the type it was pushed as). The request's `Accept` is ignored: a manifest is
 //!   always served as what it is (a manifest list with its list type), never converted.
 //!   `OCI-Subject` is set when the manifest has a `subject`.
 //! - [`tags_list_response`], [`catalog_response`]: a listing page from the build-index, with
 //!   its `Link` rewritten to the public path.
+//! - [`referrers_response`]: `GET /v2/<name>/referrers/<digest>[?artifactType=…]` (OCI 1.1):
+//!   an image index of the descriptors the build-index recorded for manifests of `<name>`
+//!   whose `subject` is `<digest>` (the subject need not exist: no referrers is an empty
+//!   index, never a 404); with `artifactType`, only those of that type, and
+//!   `OCI-Filters-Applied: artifactType`. One page, at most
+//!   [`REFERRERS_PER_SUBJECT_MAX`](crate::build_index::REFERRERS_PER_SUBJECT_MAX) entries.
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, LINK};
 use http::{HeaderValue, Response, StatusCode};
 
-use crate::build_index::referenced_digests;
+use shoal_proto::Digest;
+
+use crate::build_index::{OCI_INDEX, referenced_digests};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, header_value};
 use crate::http::route::Reference;
 use crate::http::{ErrorCode, LocalBody, OciError, query};
@@ -25,6 +35,12 @@ use crate::registry::Registry;
 
 /// The subject of a manifest (OCI 1.1 referrers), on manifest pushes and reads.
 pub const OCI_SUBJECT_HEADER: HeaderName = HeaderName::from_static("oci-subject");
+
+/// The filters a referrers response applied (OCI 1.1).
+pub const OCI_FILTERS_APPLIED_HEADER: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// The referrers API's filter parameter.
+pub const ARTIFACT_TYPE_PARAM: &str = "artifactType";
 
 /// `GET` (or `HEAD`, without the body) of the manifest `name`/`reference`: 200 with
 /// `Content-Type`, `Content-Length`, `Docker-Content-Digest` and, for a manifest with a
@@ -46,7 +62,16 @@ pub async fn manifest_response(
             };
             (target.digest, Some(target.media_type))
         }
-        Reference::Digest(digest) => (*digest, None),
+        Reference::Digest(digest) => {
+            let Some(record) = registry
+                .manifest_record(name, digest)
+                .await
+                .map_err(|e| e.to_oci())?
+            else {
+                return Err(manifest_unknown(&format!("{name}@{digest}")));
+            };
+            (*digest, Some(record.media_type))
+        }
     };
     let Some(bytes) = registry
         .fetch_manifest(&digest)
@@ -74,6 +99,55 @@ pub async fn manifest_response(
         headers.insert(OCI_SUBJECT_HEADER, header_value(subject.to_string())?);
     }
     Ok(response)
+}
+
+/// `GET /v2/<name>/referrers/<subject>[?artifactType=T]`: 200 with an OCI image index of
+/// `name`'s referrers of `subject` (only those of artifact type `T`, and
+/// `OCI-Filters-Applied: artifactType`, when `T` is given).
+pub async fn referrers_response(
+    registry: &Registry,
+    name: &str,
+    subject: &Digest,
+    query: &str,
+) -> Result<Response<LocalBody>, OciError> {
+    let artifact_type = query::param(query, ARTIFACT_TYPE_PARAM).filter(|t| !t.is_empty());
+    let mut manifests = registry
+        .referrers(name, subject)
+        .await
+        .map_err(|e| e.to_oci())?;
+    if let Some(wanted) = &artifact_type {
+        manifests.retain(|descriptor| {
+            descriptor.get("artifactType").and_then(|t| t.as_str()) == Some(wanted.as_str())
+        });
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    });
+    let mut response = Response::new(LocalBody::full(index.to_string()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(OCI_INDEX));
+    if artifact_type.is_some() {
+        headers.insert(
+            OCI_FILTERS_APPLIED_HEADER,
+            HeaderValue::from_static(ARTIFACT_TYPE_PARAM),
+        );
+    }
+    Ok(response)
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`: 405 `UNSUPPORTED`, saying why. Blobs are
+/// content-addressed and shared by every repository and manifest that names them, so
+/// deleting one needs a garbage collector that knows nothing references it any more;
+/// there is none yet. Deleting manifests and tags is supported.
+pub fn blob_delete_unsupported(digest: &Digest) -> OciError {
+    OciError::new(
+        ErrorCode::Unsupported,
+        format!(
+            "deleting blob {digest} is not supported: blobs are content-addressed and shared              between repositories and manifests, so removing one needs garbage collection,              which this registry does not have; delete the manifests or tags instead"
+        ),
+    )
 }
 
 /// `GET /v2/<name>/tags/list?n=&last=`: one page of `name`'s tags, with

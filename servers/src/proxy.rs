@@ -14,12 +14,20 @@
 //! - `HEAD|GET /v2/<name>/blobs/<digest>` → the origin's answer (lengths, bytes, ranges).
 //! - `PUT /v2/<name>/manifests/<reference>` → checked (bounded, parsed, every referenced
 //!   blob and child manifest present on the origin, digest verified), stored on the origin as
-//!   a blob, then, for a tag, the tag written to the build-index: a tag never points at a
-//!   manifest whose references are missing. 201 with `Docker-Content-Digest` and
-//!   `OCI-Subject` when the manifest has a subject.
-//! - `GET|HEAD /v2/<name>/manifests/<reference>` → tag → build-index → digest → origin.
-//! - `DELETE /v2/<name>/manifests/<tag>` → 202; by digest → 405 `UNSUPPORTED` (deleting
-//!   content is not supported yet: blobs are shared and there is no garbage collection).
+//!   a blob, recorded at the build-index as a manifest of `<name>` (with, when it has a
+//!   `subject`, its referrer descriptor), then, for a tag, the tag written to the
+//!   build-index: a tag never points at a manifest whose references are missing or that
+//!   its repository does not hold. 201 with `Docker-Content-Digest` and `OCI-Subject` when
+//!   the manifest has a subject (whether or not the subject exists yet).
+//! - `GET|HEAD /v2/<name>/manifests/<reference>` → tag → build-index → digest → origin; a
+//!   digest `<name>` does not hold is 404.
+//! - `GET /v2/<name>/referrers/<digest>[?artifactType=]` → the build-index's referrers.
+//! - `DELETE /v2/<name>/manifests/<tag>` → 202 (the tag only); by digest → 202: the
+//!   repository's tags naming it, its referrer record and its membership go (the bytes stay
+//!   on the origin: other repositories may hold the same manifest); 404 if `<name>` does
+//!   not hold it.
+//! - `DELETE /v2/<name>/blobs/<digest>` → 405 `UNSUPPORTED`: blobs are shared between
+//!   repositories and there is no garbage collection.
 //! - `GET /v2/<name>/tags/list` and `GET /v2/_catalog` (`n`, `last`, `Link`) → build-index.
 //!
 //! Every failure is an OCI error; an origin or build-index that cannot be reached is 503
@@ -38,7 +46,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LOCATION, RANGE};
+use http::header::{
+    ALLOW, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderName, LOCATION, RANGE,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -47,7 +57,7 @@ use hyper::body::Incoming;
 use shoal_proto::Digest;
 
 use crate::agent::{API_VERSION, API_VERSION_HEADER, CONTENT_DIGEST_HEADER};
-use crate::build_index::{MANIFEST_LEN_MAX, ManifestError, referenced_digests};
+use crate::build_index::{MANIFEST_LEN_MAX, ManifestError, ManifestRecord, referenced_digests};
 use crate::http::client::{ClientError, read_body_bounded};
 use crate::http::route::{Reference, Route, parse_digest};
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed, query};
@@ -199,6 +209,16 @@ impl Proxy {
             Route::Catalog if method == Method::GET => self.catalog(query).await,
             Route::TagsList { name } if method == Method::GET => self.tags_list(name, query).await,
             Route::Blob { digest, .. } if read => self.blob(&digest, &parts.headers, head).await,
+            Route::Blob { digest, .. } if method == Method::DELETE => {
+                let mut failure = Failure::from(manifests::blob_delete_unsupported(&digest));
+                failure
+                    .headers
+                    .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                Err(failure)
+            }
+            Route::Referrers { name, digest } if method == Method::GET => {
+                Ok(manifests::referrers_response(&self.registry, name, &digest, query).await?)
+            }
             Route::Upload {
                 name,
                 session: None,
@@ -231,7 +251,9 @@ impl Proxy {
                 _ => Ok(method_not_allowed(method, "GET, HEAD, PUT, DELETE")),
             },
             Route::Upload { .. } => Ok(method_not_allowed(method, "POST")),
-            Route::Catalog | Route::TagsList { .. } => Ok(method_not_allowed(method, "GET")),
+            Route::Catalog | Route::TagsList { .. } | Route::Referrers { .. } => {
+                Ok(method_not_allowed(method, "GET"))
+            }
             Route::Base | Route::Blob { .. } => Ok(method_not_allowed(method, "GET, HEAD")),
         }
     }
@@ -478,7 +500,16 @@ impl Proxy {
         }
         drop(checks);
 
+        let record = manifest_record(digest, bytes.len(), &references);
+        record.validate().map_err(|reason| {
+            Failure::new(
+                ErrorCode::ManifestInvalid,
+                format!("manifest {digest}: {reason}"),
+            )
+        })?;
         self.registry.put_blob_bytes(&digest, bytes).await?;
+        // The repository holds it (and its subject lists it) before a tag may name it.
+        self.registry.put_manifest_record(name, &record).await?;
         if let Reference::Tag(tag) = reference {
             self.registry
                 .put_tag(name, tag, &digest, references.kind.media_type(), None)
@@ -509,10 +540,12 @@ impl Proxy {
                 }
                 Ok(empty_response(StatusCode::ACCEPTED))
             }
-            Reference::Digest(digest) => Err(Failure::new(
-                ErrorCode::Unsupported,
-                format!("deleting manifests by digest ({digest}) is not supported: delete tags"),
-            )),
+            Reference::Digest(digest) => {
+                if !self.registry.delete_manifest(name, digest).await? {
+                    return Err(manifest_unknown(&format!("{name}@{digest}")));
+                }
+                Ok(empty_response(StatusCode::ACCEPTED))
+            }
         }
     }
 
@@ -686,6 +719,27 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Failure> {
                 .ok_or_else(|| Failure::new(ErrorCode::SizeInvalid, "invalid Content-Length"))
         })
         .transpose()
+}
+
+/// What the build-index records for a pushed manifest: its type and size and, for a
+/// referrer (a manifest with a `subject`), the descriptor fields the referrers API lists.
+fn manifest_record(
+    digest: Digest,
+    len: usize,
+    references: &crate::build_index::References,
+) -> ManifestRecord {
+    let referrer = references.subject.is_some();
+    ManifestRecord {
+        digest,
+        media_type: references.kind.media_type().to_owned(),
+        size: Some(len as u64),
+        subject: references.subject,
+        artifact_type: references
+            .referrer_artifact_type()
+            .filter(|_| referrer)
+            .map(str::to_owned),
+        annotations: references.annotations.clone().filter(|_| referrer),
+    }
 }
 
 fn manifest_invalid(error: ManifestError) -> Failure {

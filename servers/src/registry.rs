@@ -7,7 +7,9 @@
 //!   `HEAD` (200 + `Content-Length`, or 404), `GET` (bytes, `Range` supported);
 //! - build-index: `GET|PUT|DELETE /internal/tags/<repo>/<tag>` (records
 //!   `{"digest","media_type","version"}`), `GET /internal/tags/<repo>?n=&last=` and
-//!   `GET /internal/repositories?n=&last=` (paginated with `Link: <…>; rel="next"`).
+//!   `GET /internal/repositories?n=&last=` (paginated with `Link: <…>; rel="next"`),
+//!   `GET|PUT|DELETE /internal/manifests/<repo>/<digest>` (which manifests a repository
+//!   holds, and their referrer records), `GET /internal/referrers/<repo>/<subject>`.
 //!
 //! Every digest that comes back is checked: a manifest fetched by digest must hash to it.
 
@@ -20,7 +22,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use shoal_proto::Digest;
 
-use crate::build_index::MANIFEST_LEN_MAX;
+use crate::build_index::{MANIFEST_LEN_MAX, ManifestRecord, REFERRERS_RESPONSE_BYTES_MAX};
 use crate::http::client::{ClientBody, ClientError, HttpClient};
 use crate::http::query;
 use crate::http::{ErrorCode, OciError};
@@ -77,6 +79,14 @@ pub enum RegistryError {
         what: String,
         status: StatusCode,
     },
+    /// A refusal the client should see as is (a 4xx with an OCI error body, e.g. a subject
+    /// with too many referrers).
+    #[error("{upstream} refused {what}: {error}")]
+    Refused {
+        upstream: &'static str,
+        what: String,
+        error: OciError,
+    },
     /// An answer that does not make sense (bad JSON, a manifest that does not hash to its
     /// digest, a body past its bound).
     #[error("{upstream} sent an invalid answer to {what}: {message}")]
@@ -96,6 +106,7 @@ impl RegistryError {
             RegistryError::Status { status, .. } if status.is_server_error() => {
                 ErrorCode::Unavailable
             }
+            RegistryError::Refused { error, .. } => return error.clone(),
             RegistryError::Status { .. } | RegistryError::Invalid { .. } => ErrorCode::Unknown,
         };
         OciError::new(code, self.to_string())
@@ -398,6 +409,167 @@ impl Registry {
         }
     }
 
+    /// The record of manifest `digest` of `repo`, or `None` if the repository does not hold
+    /// it.
+    pub async fn manifest_record(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, RegistryError> {
+        let what = format!("GET manifest record {repo}@{digest}");
+        let path = format!("/internal/manifests/{repo}/{digest}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {
+                let bytes = self
+                    .read(
+                        BUILD_INDEX,
+                        &what,
+                        response.into_body(),
+                        INDEX_RESPONSE_BYTES_MAX,
+                    )
+                    .await?;
+                let record = ManifestRecord::from_json(&bytes).map_err(|message| {
+                    RegistryError::Invalid {
+                        upstream: BUILD_INDEX,
+                        what: what.clone(),
+                        message,
+                    }
+                })?;
+                if record.digest != *digest {
+                    return Err(RegistryError::Invalid {
+                        upstream: BUILD_INDEX,
+                        what,
+                        message: format!("the record is of {}", record.digest),
+                    });
+                }
+                Ok(Some(record))
+            }
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(status_error(BUILD_INDEX, what, status)),
+        }
+    }
+
+    /// Records that `repo` holds `record.digest` (and, with a subject, lists it as a
+    /// referrer). The caller stores the manifest on the origin first.
+    pub async fn put_manifest_record(
+        &self,
+        repo: &str,
+        record: &ManifestRecord,
+    ) -> Result<(), RegistryError> {
+        let what = format!("PUT manifest record {repo}@{}", record.digest);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let path = format!("/internal/manifests/{repo}/{}", record.digest);
+        let body = ClientBody::bytes(record.to_json().to_string());
+        let response = self
+            .call(BUILD_INDEX, Method::PUT, &path, headers, body)
+            .await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        if status.is_client_error() {
+            let bytes = self
+                .read(
+                    BUILD_INDEX,
+                    &what,
+                    response.into_body(),
+                    INDEX_RESPONSE_BYTES_MAX,
+                )
+                .await?;
+            if let Some(error) = parse_oci_error(&bytes) {
+                return Err(RegistryError::Refused {
+                    upstream: BUILD_INDEX,
+                    what,
+                    error,
+                });
+            }
+        }
+        Err(status_error(BUILD_INDEX, what, status))
+    }
+
+    /// Removes manifest `digest` from `repo` (its tags there, its referrer record, its
+    /// membership); `false` if the repository had neither it nor a tag naming it.
+    pub async fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        let path = format!("/internal/manifests/{repo}/{digest}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::DELETE,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            status => Err(status_error(
+                BUILD_INDEX,
+                format!("DELETE manifest {repo}@{digest}"),
+                status,
+            )),
+        }
+    }
+
+    /// The descriptors of the referrers of `subject` in `repo` (none for an unknown
+    /// subject), as the build-index lists them.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Vec<serde_json::Value>, RegistryError> {
+        let what = format!("GET referrers of {repo}@{subject}");
+        let path = format!("/internal/referrers/{repo}/{subject}");
+        let response = self
+            .call(
+                BUILD_INDEX,
+                Method::GET,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        if response.status() != StatusCode::OK {
+            return Err(status_error(BUILD_INDEX, what, response.status()));
+        }
+        let bytes = self
+            .read(
+                BUILD_INDEX,
+                &what,
+                response.into_body(),
+                REFERRERS_RESPONSE_BYTES_MAX,
+            )
+            .await?;
+        #[derive(Deserialize)]
+        struct Listing {
+            manifests: Vec<serde_json::Value>,
+        }
+        let listing: Listing =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
+                upstream: BUILD_INDEX,
+                what,
+                message: e.to_string(),
+            })?;
+        Ok(listing.manifests)
+    }
+
     /// One page of `repo`'s tags (`{"name","tags"}`), or `None` if the repository is unknown.
     pub async fn list_tags(
         &self,
@@ -473,6 +645,18 @@ fn status_error(upstream: &'static str, what: String, status: StatusCode) -> Reg
     }
 }
 
+/// The first error of an OCI error body (`{"errors":[{"code","message","detail"?}]}`), if
+/// the body is one with a code we know.
+pub fn parse_oci_error(body: &[u8]) -> Option<OciError> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let first = value.get("errors")?.get(0)?;
+    let wire = first.get("code")?.as_str()?;
+    let code = ErrorCode::ALL.into_iter().find(|c| c.as_str() == wire)?;
+    let message = first.get("message").and_then(|m| m.as_str()).unwrap_or("");
+    let detail = first.get("detail").cloned().unwrap_or_default();
+    Some(OciError::new(code, message).with_detail(detail))
+}
+
 /// `?n=…&last=…` (either may be absent), values percent-encoded.
 pub fn page_query(n: Option<usize>, last: Option<&str>) -> String {
     let mut parts = Vec::new();
@@ -524,5 +708,9 @@ mod tests {
         assert_eq!(next_link_query("garbage"), None);
         assert_eq!(page_query(None, None), "");
         assert_eq!(page_query(Some(3), Some("a/b")), "?n=3&last=a%2Fb");
+        let error = OciError::new(ErrorCode::Denied, "too many");
+        assert_eq!(parse_oci_error(error.to_json().as_bytes()), Some(error));
+        assert_eq!(parse_oci_error(b"{}"), None);
+        assert_eq!(parse_oci_error(br#"{"errors":[{"code":"NOPE"}]}"#), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Real clients against `shoal dev` (every component in one process): skopeo copies a
 //! multi-layer image and a two-platform index into the agent's address and back out, byte
-//! for byte; a retag is seen at once; the Docker engine pushes, pulls and runs an image built
+//! for byte; a retag is seen at once; a delete removes the tag and the manifest from its
+//! repository only; the Docker engine pushes, pulls and runs an image built
 //! `FROM scratch` with a static binary.
 
 #![allow(clippy::unwrap_used)]
@@ -120,6 +121,27 @@ fn skopeo_round_trips_an_image_and_an_index_byte_for_byte_and_sees_a_retag_at_on
     assert_eq!(digest_of(&remote("retag:latest")), amd64.digest);
     skopeo_copy(&src("other"), &remote("retag:latest"));
     assert_eq!(digest_of(&remote("retag:latest")), arm64.digest);
+
+    // `skopeo delete` resolves the tag and deletes the manifest by digest: the tag and the
+    // digest are gone from that repository, and only from it.
+    run(
+        "skopeo",
+        &["delete", "--tls-verify=false", &remote("retag:latest")],
+    );
+    for reference in [
+        remote("retag:latest"),
+        format!("{}@{}", remote("retag"), arm64.digest),
+    ] {
+        let output = Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw", &reference])
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{reference} is still there");
+    }
+    assert_eq!(
+        digest_of(&format!("{}@{}", remote("multi"), arm64.digest)),
+        arm64.digest
+    );
 }
 
 /// A static binary that prints a line, built with the toolchain running the tests.

@@ -4,7 +4,7 @@
 //! Four media types are understood: Docker image manifest v2 (schema 2), Docker manifest list,
 //! OCI image manifest and OCI image index. Docker schema 1 and anything else are refused.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::Deserialize;
 use shoal_proto::{Digest, DigestError};
@@ -94,6 +94,22 @@ pub struct References {
     /// The config descriptor's `mediaType`, if any: the referrers API reports it as the
     /// artifact type of an image manifest without `artifactType`.
     pub config_media_type: Option<String>,
+    /// The manifest's `annotations`, if any (the referrers API lists them).
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+impl References {
+    /// The artifact type the referrers API reports: `artifactType`, else the config's media
+    /// type for an image manifest (never for an index).
+    pub fn referrer_artifact_type(&self) -> Option<&str> {
+        // A config type that is no plain `type/subtype` is not reported (never refused:
+        // image manifests predate the referrers API).
+        let config_type = self
+            .config_media_type
+            .as_deref()
+            .filter(|t| !self.kind.is_index() && validate_media_type(t).is_ok());
+        self.artifact_type.as_deref().or(config_type)
+    }
 }
 
 /// Why a manifest is refused. Messages name the offending field or value.
@@ -150,6 +166,7 @@ struct RawManifest {
     manifests: Option<Vec<RawDescriptor>>,
     subject: Option<RawDescriptor>,
     artifact_type: Option<String>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +215,7 @@ pub fn referenced_digests(
         subject: None,
         artifact_type: None,
         config_media_type: None,
+        annotations: raw.annotations,
     };
     let mut seen = HashSet::new();
     if kind.is_index() {

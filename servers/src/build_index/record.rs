@@ -115,18 +115,24 @@ pub(crate) fn encode(repository: &str, tag: &str, record: &TagRecord) -> Vec<u8>
         since_epoch.as_secs(),
         since_epoch.subsec_nanos(),
     );
-    let checksum = xxh3_64(body.as_bytes());
-    let mut bytes = body.into_bytes();
-    bytes.extend_from_slice(format!("xxh3 {checksum:016x}\n").as_bytes());
+    let bytes = seal(body);
     debug_assert!(bytes.len() <= RECORD_LEN_MAX);
     bytes
 }
 
-/// Decodes a record file that should hold `repository:tag`. The error says what is wrong,
-/// for the recovery report and [`super::IndexError::Corrupt`].
-pub(crate) fn decode(bytes: &[u8], repository: &str, tag: &str) -> Result<TagRecord, String> {
-    if bytes.len() > RECORD_LEN_MAX {
-        return Err(format!("{} bytes, more than {RECORD_LEN_MAX}", bytes.len()));
+/// `body` followed by its checksum line, `xxh3 <16 lowercase hex>`: the file format every
+/// record of the store shares.
+pub(crate) fn seal(body: String) -> Vec<u8> {
+    let checksum = xxh3_64(body.as_bytes());
+    let mut bytes = body.into_bytes();
+    bytes.extend_from_slice(format!("xxh3 {checksum:016x}\n").as_bytes());
+    bytes
+}
+
+/// The body of a sealed record of at most `len_max` bytes, once its checksum line checks.
+pub(crate) fn unseal(bytes: &[u8], len_max: usize) -> Result<&str, String> {
+    if bytes.len() > len_max {
+        return Err(format!("{} bytes, more than {len_max}", bytes.len()));
     }
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
     let body_len = text
@@ -146,7 +152,13 @@ pub(crate) fn decode(bytes: &[u8], repository: &str, tag: &str) -> Result<TagRec
             "checksum mismatch (stored {stored:016x}, computed {computed:016x})"
         ));
     }
+    Ok(body)
+}
 
+/// Decodes a record file that should hold `repository:tag`. The error says what is wrong,
+/// for the recovery report and [`super::IndexError::Corrupt`].
+pub(crate) fn decode(bytes: &[u8], repository: &str, tag: &str) -> Result<TagRecord, String> {
+    let body = unseal(bytes, RECORD_LEN_MAX)?;
     let mut lines = body.lines();
     let mut field = |key: &'static str| -> Result<&str, String> {
         lines

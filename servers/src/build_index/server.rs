@@ -14,6 +14,21 @@
 //!   `Link: </internal/tags/<repo>?n=N&last=LAST>; rel="next"` when more follow; 404
 //!   `NAME_UNKNOWN` for a repository without tags.
 //! - `GET /internal/repositories?n=N&last=R` → 200 `{"repositories":[…]}`, same `Link` rule.
+//! - `GET /internal/manifests/<repo>/<digest>` → 200 with the manifest record
+//!   `{"digest","media_type","size"?,"subject"?,"artifact_type"?,"annotations"?}` when the
+//!   repository holds the manifest, else 404 `MANIFEST_UNKNOWN`.
+//! - `PUT /internal/manifests/<repo>/<digest>` with that record (body at most
+//!   [`PUT_BODY_BYTES_MAX`]; its `digest` must be the path's) → 200: the repository holds
+//!   the manifest and, when it has a `subject`, it is listed as a referrer of it. Invalid
+//!   record: 400 `MANIFEST_INVALID`; a subject with
+//!   [`REFERRERS_PER_SUBJECT_MAX`](super::REFERRERS_PER_SUBJECT_MAX) referrers already:
+//!   403 `DENIED`.
+//! - `DELETE /internal/manifests/<repo>/<digest>` → 202 `{"tags":[…],"referrer_removed":b}`:
+//!   the repository's tags naming it, its referrer record and its membership are removed;
+//!   404 `MANIFEST_UNKNOWN` if the repository neither holds it nor has a tag naming it.
+//! - `GET /internal/referrers/<repo>/<subject>` → 200 `{"manifests":[descriptor…]}` (OCI
+//!   descriptors, digest order, at most `REFERRERS_PER_SUBJECT_MAX`; none for an unknown
+//!   subject).
 //!
 //! **Which GET is a listing.** Repository names hold `/`, so `GET /internal/tags/a/b` could
 //! be tag `b` of `a` or the tags of `a/b`. The rule: a GET is a listing when the request has
@@ -41,9 +56,11 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use shoal_proto::Digest;
+
 use super::{
-    IndexError, PAGE_LEN_MAX, RecoveryReport, TagRecord, TagStore, validate_repository,
-    validate_tag,
+    IndexError, ManifestRecord, PAGE_LEN_MAX, RecoveryReport, TagRecord, TagStore,
+    validate_repository, validate_tag,
 };
 use crate::http::blob::header_value;
 use crate::http::route::parse_digest;
@@ -53,8 +70,15 @@ use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
 pub const TAGS_PATH: &str = "/internal/tags/";
 /// The catalog endpoint.
 pub const REPOSITORIES_PATH: &str = "/internal/repositories";
-/// Largest PUT body: a digest, a media type and a number fit many times over.
+/// Prefix of the manifest membership endpoints.
+pub const MANIFESTS_PATH: &str = "/internal/manifests/";
+/// Prefix of the referrers endpoint.
+pub const REFERRERS_PATH: &str = "/internal/referrers/";
+/// Largest PUT body: a tag record, or a manifest record with annotations of at most
+/// [`super::ANNOTATIONS_BYTES_MAX`] bytes.
 pub const PUT_BODY_BYTES_MAX: usize = 64 * 1024;
+
+const _: () = assert!(PUT_BODY_BYTES_MAX > super::MANIFEST_RECORD_LEN_MAX);
 
 /// The build-index's HTTP handler.
 #[derive(Debug, Clone)]
@@ -93,6 +117,8 @@ enum Endpoint<'a> {
     Tag { repo: &'a str, tag: &'a str },
     Tags { repo: &'a str },
     Repositories,
+    Manifest { repo: &'a str, digest: Digest },
+    Referrers { repo: &'a str, subject: Digest },
 }
 
 /// A listing's query.
@@ -154,7 +180,23 @@ impl BuildIndex {
             Endpoint::Repositories if method == Method::GET => {
                 self.list_repositories(parse_page(query)?).await
             }
-            Endpoint::Tags { .. } | Endpoint::Repositories => Ok(method_not_allowed(method, "GET")),
+            Endpoint::Manifest { repo, digest } => {
+                if method == Method::GET {
+                    self.get_manifest(repo, digest).await
+                } else if method == Method::PUT {
+                    self.put_manifest(repo, digest, &parts.headers, body).await
+                } else if method == Method::DELETE {
+                    self.delete_manifest(repo, digest).await
+                } else {
+                    Ok(method_not_allowed(method, "GET, PUT, DELETE"))
+                }
+            }
+            Endpoint::Referrers { repo, subject } if method == Method::GET => {
+                self.referrers(repo, subject).await
+            }
+            Endpoint::Tags { .. } | Endpoint::Repositories | Endpoint::Referrers { .. } => {
+                Ok(method_not_allowed(method, "GET"))
+            }
         }
     }
 
@@ -191,14 +233,7 @@ impl BuildIndex {
         // Names first: a bad name is refused before the body is read.
         validate_repository(repo).map_err(|e| index_error(e.into()))?;
         validate_tag(tag).map_err(|e| index_error(e.into()))?;
-        let declared = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > PUT_BODY_BYTES_MAX as u64) {
-            return Err(body_too_large());
-        }
-        let bytes = read_bounded(body).await?;
+        let bytes = read_put_body(headers, body).await?;
         let request: PutTag = serde_json::from_slice(&bytes).map_err(|e| {
             OciError::new(
                 ErrorCode::ManifestInvalid,
@@ -234,6 +269,86 @@ impl BuildIndex {
             return Ok(response);
         }
         Err(tag_unknown(repo, tag).into())
+    }
+
+    async fn get_manifest(
+        &self,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<Response<LocalBody>, Failure> {
+        let owned_repo = repo.to_owned();
+        match self
+            .blocking(move |store| store.manifest(&owned_repo, &digest))
+            .await?
+        {
+            Some(record) => Ok(json_response(StatusCode::OK, &record.to_json())),
+            None => Err(manifest_unknown(repo, &digest).into()),
+        }
+    }
+
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        digest: Digest,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Response<LocalBody>, Failure> {
+        let bytes = read_put_body(headers, body).await?;
+        let record = ManifestRecord::from_json(&bytes).map_err(|e| {
+            OciError::new(
+                ErrorCode::ManifestInvalid,
+                format!("the body is not a manifest record: {e}"),
+            )
+        })?;
+        if record.digest != digest {
+            return Err(OciError::new(
+                ErrorCode::DigestInvalid,
+                format!(
+                    "the record is of {}, the path names {digest}",
+                    record.digest
+                ),
+            )
+            .into());
+        }
+        let (owned_repo, stored) = (repo.to_owned(), record.clone());
+        self.blocking(move |store| store.put_manifest(&owned_repo, &stored))
+            .await?;
+        tracing::info!(repo, %digest, subject = ?record.subject.map(|s| s.to_string()), "manifest recorded");
+        Ok(json_response(StatusCode::OK, &record.to_json()))
+    }
+
+    async fn delete_manifest(
+        &self,
+        repo: &str,
+        digest: Digest,
+    ) -> Result<Response<LocalBody>, Failure> {
+        let owned_repo = repo.to_owned();
+        let Some(deleted) = self
+            .blocking(move |store| store.delete_manifest(&owned_repo, &digest))
+            .await?
+        else {
+            return Err(manifest_unknown(repo, &digest).into());
+        };
+        tracing::info!(repo, %digest, tags = ?deleted.tags, referrer = deleted.referrer_removed,
+            "manifest deleted");
+        let body = serde_json::json!({
+            "tags": deleted.tags,
+            "referrer_removed": deleted.referrer_removed,
+        });
+        Ok(json_response(StatusCode::ACCEPTED, &body))
+    }
+
+    async fn referrers(&self, repo: &str, subject: Digest) -> Result<Response<LocalBody>, Failure> {
+        let owned_repo = repo.to_owned();
+        let referrers = self
+            .blocking(move |store| store.referrers(&owned_repo, &subject))
+            .await?;
+        let manifests: Vec<serde_json::Value> = referrers
+            .iter()
+            .map(ManifestRecord::descriptor_json)
+            .collect();
+        let body = serde_json::json!({ "manifests": manifests });
+        Ok(json_response(StatusCode::OK, &body))
     }
 
     async fn list_tags(&self, repo: &str, page: Page<'_>) -> Result<Response<LocalBody>, Failure> {
@@ -280,6 +395,22 @@ impl BuildIndex {
 fn endpoint<'a>(method: &Method, path: &'a str, has_query: bool) -> Result<Endpoint<'a>, OciError> {
     if path == REPOSITORIES_PATH {
         return Ok(Endpoint::Repositories);
+    }
+    for (prefix, referrers) in [(MANIFESTS_PATH, false), (REFERRERS_PATH, true)] {
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        let (repo, digest) = rest.rsplit_once('/').unwrap_or(("", rest));
+        validate_repository(repo).map_err(name_invalid)?;
+        let digest = parse_digest(digest)?;
+        return Ok(if referrers {
+            Endpoint::Referrers {
+                repo,
+                subject: digest,
+            }
+        } else {
+            Endpoint::Manifest { repo, digest }
+        });
     }
     let Some(rest) = path.strip_prefix(TAGS_PATH) else {
         return Err(OciError::new(
@@ -359,6 +490,19 @@ fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Loca
     response
 }
 
+/// A PUT body: refused before it is read when its declared length is past
+/// [`PUT_BODY_BYTES_MAX`], and while it is read past it.
+async fn read_put_body(headers: &http::HeaderMap, body: Incoming) -> Result<Vec<u8>, Failure> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > PUT_BODY_BYTES_MAX as u64) {
+        return Err(body_too_large());
+    }
+    read_bounded(body).await
+}
+
 /// Reads a body of at most [`PUT_BODY_BYTES_MAX`] bytes.
 async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>, Failure> {
     let mut bytes = Vec::new();
@@ -383,7 +527,7 @@ fn body_too_large() -> Failure {
     Failure {
         error: OciError::new(
             ErrorCode::SizeInvalid,
-            format!("a tag body is at most {PUT_BODY_BYTES_MAX} bytes"),
+            format!("a tag or manifest record body is at most {PUT_BODY_BYTES_MAX} bytes"),
         ),
         status: StatusCode::PAYLOAD_TOO_LARGE,
     }
@@ -395,6 +539,14 @@ fn tag_unknown(repo: &str, tag: &str) -> OciError {
         format!("{repo}:{tag} is not tagged"),
     )
     .with_detail(serde_json::json!({ "name": repo, "tag": tag }))
+}
+
+fn manifest_unknown(repo: &str, digest: &Digest) -> OciError {
+    OciError::new(
+        ErrorCode::ManifestUnknown,
+        format!("{repo} holds no manifest {digest}"),
+    )
+    .with_detail(serde_json::json!({ "name": repo, "digest": digest.to_string() }))
 }
 
 fn name_invalid(error: super::NameError) -> OciError {
@@ -416,8 +568,11 @@ fn index_error(error: IndexError) -> Failure {
             };
         }
         IndexError::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
+        IndexError::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
+        IndexError::TooManyReferrers { .. } => ErrorCode::Denied,
         IndexError::Poisoned => ErrorCode::Unavailable,
         IndexError::Corrupt { .. }
+        | IndexError::CorruptManifest { .. }
         | IndexError::Io { .. }
         | IndexError::Locked { .. }
         | IndexError::VersionsExhausted => ErrorCode::Unknown,
@@ -523,6 +678,48 @@ mod tests {
             Err(ErrorCode::NameUnknown),
         );
         check(Method::GET, "/v2/", false, Err(ErrorCode::NameUnknown));
+
+        let digest = Digest::sha256_of(b"m");
+        let sha = digest.to_string();
+        check(
+            Method::PUT,
+            &format!("/internal/manifests/a/b/{sha}"),
+            false,
+            Ok(Manifest {
+                repo: "a/b",
+                digest,
+            }),
+        );
+        check(
+            Method::GET,
+            &format!("/internal/referrers/a/{sha}"),
+            true,
+            Ok(Referrers {
+                repo: "a",
+                subject: digest,
+            }),
+        );
+        for bad_name in [
+            format!("/internal/manifests/{sha}"),
+            format!("/internal/manifests/../a/{sha}"),
+            format!("/internal/referrers/a//{sha}"),
+            format!("/internal/referrers/a/%2e%2e/{sha}"),
+        ] {
+            check(Method::GET, &bad_name, false, Err(ErrorCode::NameInvalid));
+        }
+        for bad_digest in [
+            "/internal/manifests/a/latest",
+            "/internal/manifests/a/sha256:00",
+            "/internal/referrers/a/",
+            "/internal/referrers/a/..",
+        ] {
+            check(
+                Method::GET,
+                bad_digest,
+                false,
+                Err(ErrorCode::DigestInvalid),
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,18 @@
 //! <root>/lock                              flock'd by the one TagStore that owns the root
 //! <root>/version-floor                     largest version handed out, as of the last delete
 //! <root>/repos/<repository>/_tags/<tag>    one record per tag (format in `record.rs`)
+//! <root>/repos/<repository>/_manifests/<alg>-<hex>
+//!                                          one record per manifest of the repository
+//! <root>/repos/<repository>/_referrers/<subject alg>-<hex>/<alg>-<hex>
+//!                                          one record per referrer of a subject
 //! ```
+//!
+//! Manifest and referrer records (format in `member.rs`) are written and read by the
+//! methods in `store/members.rs`: a repository holds a manifest while it has its membership
+//! record; a manifest with a `subject` also has a referrer record under that subject. Every
+//! tag's manifest is a member: a tag put writes a bare membership first if there is none,
+//! and start-up recovery writes the missing ones for tags written before memberships were
+//! recorded (counted in [`RecoveryReport::n_manifests_restored`]).
 //!
 //! `<repository>` is the repository name with its `/`s as directories
 //! (`repos/library/ubuntu/_tags/latest`). [`validate_repository`] and [`validate_tag`] keep
@@ -75,6 +86,12 @@ const TEMP_PREFIX: &str = ".tmp-";
 /// Directory of a repository's tag records.
 const TAGS_DIR: &str = "_tags";
 
+/// Directory of a repository's manifest (membership) records.
+const MANIFESTS_DIR: &str = "_manifests";
+
+/// Directory of a repository's referrer records, one subdirectory per subject.
+const REFERRERS_DIR: &str = "_referrers";
+
 /// Everything the tag store can refuse or fail at.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -135,6 +152,29 @@ pub enum IndexError {
     /// The version counter reached `u64::MAX` (not reachable in practice).
     #[error("tag versions are exhausted")]
     VersionsExhausted,
+
+    /// A manifest record that cannot be stored (a bad media type or artifact type,
+    /// annotations past their bound, a referrer without a size).
+    #[error("manifest {digest} of {repository}: {reason}")]
+    ManifestInvalid {
+        repository: String,
+        digest: Digest,
+        reason: String,
+    },
+
+    /// The subject already has [`super::REFERRERS_PER_SUBJECT_MAX`] referrers in the
+    /// repository.
+    #[error("{repository}@{subject} already has {max} referrers, the most recorded")]
+    TooManyReferrers {
+        repository: String,
+        subject: Digest,
+        max: usize,
+    },
+
+    /// A manifest record file exists but fails its checks. A put replaces it, a delete
+    /// removes it.
+    #[error("manifest record {} is corrupt: {reason}", path.display())]
+    CorruptManifest { path: PathBuf, reason: String },
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IndexError + 'a {
@@ -196,6 +236,17 @@ pub struct RecoveryReport {
     pub version_floor_error: Option<String>,
     /// The version the next put gets.
     pub next_version: u64,
+    /// Readable manifest (membership) records.
+    pub n_manifests: usize,
+    /// Readable referrer records.
+    pub n_referrers: usize,
+    /// Memberships written at start-up for tagged manifests that had none (a store written
+    /// before memberships were recorded).
+    pub n_manifests_restored: usize,
+    /// Manifest and referrer records that fail their checks (left in place, never served;
+    /// a referrers listing skips them): the first [`REPORT_LISTED_MAX`].
+    pub corrupt_manifest_records: Vec<(PathBuf, String)>,
+    pub n_corrupt_manifest_records: usize,
 }
 
 /// A record that failed its checks at start-up.
@@ -287,6 +338,10 @@ impl TagStore {
             temporary_removed = report.n_temporary_removed,
             corrupt = report.n_corrupt_records,
             unexpected = report.n_unexpected_paths,
+            manifests = report.n_manifests,
+            referrers = report.n_referrers,
+            manifests_restored = report.n_manifests_restored,
+            corrupt_manifest_records = report.n_corrupt_manifest_records,
             next_version,
             "tag store opened"
         );
@@ -354,7 +409,17 @@ impl TagStore {
             version,
             updated_at: SystemTime::now(),
         };
-        let tags_dir = self.create_tags_dir(repo)?;
+        // The tag's manifest is a member of the repository before the tag names it.
+        if let Err(failure) = self.ensure_member(repo, &digest, media_type) {
+            return Err(match failure {
+                WriteFailure::NotWritten(error) => error,
+                WriteFailure::Unsynced(error) => {
+                    writer.poisoned = true;
+                    error
+                }
+            });
+        }
+        let tags_dir = self.create_dirs(repo, &[TAGS_DIR])?;
         let bytes = record::encode(repo, tag, &record);
         match write_atomically(&tags_dir, tag, &bytes) {
             Ok(()) => Ok(record),
@@ -372,6 +437,16 @@ impl TagStore {
         validate_repository(repo)?;
         validate_tag(tag)?;
         let mut writer = self.lock_writer()?;
+        self.delete_locked(&mut writer, repo, tag)
+    }
+
+    /// [`TagStore::delete`] under the writer lock (names validated).
+    fn delete_locked(
+        &self,
+        writer: &mut Writer,
+        repo: &str,
+        tag: &str,
+    ) -> Result<bool, IndexError> {
         let path = self.record_path(repo, tag);
         match fs::symlink_metadata(&path) {
             Ok(_) => {}
@@ -408,7 +483,7 @@ impl TagStore {
             writer.poisoned = true;
             return Err(error);
         }
-        self.remove_empty_dirs(repo);
+        self.remove_empty_dirs(self.tags_dir(repo));
         Ok(true)
     }
 
@@ -506,10 +581,11 @@ impl TagStore {
         record::decode(&bytes, repo, tag).map(Some).map_err(corrupt)
     }
 
-    /// Creates `repos/<repo>/_tags` and any missing parent, each fsynced into its parent.
-    fn create_tags_dir(&self, repo: &str) -> Result<PathBuf, IndexError> {
+    /// Creates `repos/<repo>/<below…>` and any missing parent, each fsynced into its
+    /// parent.
+    fn create_dirs(&self, repo: &str, below: &[&str]) -> Result<PathBuf, IndexError> {
         let mut dir = self.repos_dir.clone();
-        for component in repo.split('/').chain([TAGS_DIR]) {
+        for component in repo.split('/').chain(below.iter().copied()) {
             let parent = dir.clone();
             dir.push(component);
             if create_dir_if_missing(&dir)? {
@@ -519,12 +595,11 @@ impl TagStore {
         Ok(dir)
     }
 
-    /// After a delete: removes `_tags` and the repository's directories if they are empty,
+    /// After a delete: removes `dir` (under `repos/`) and its parents if they are empty,
     /// deepest first, stopping at the first that is not. Best effort: an empty directory
     /// left behind (an error, a crash) is harmless, since a repository is listed only while
     /// it has a tag.
-    fn remove_empty_dirs(&self, repo: &str) {
-        let mut dir = self.tags_dir(repo);
+    fn remove_empty_dirs(&self, mut dir: PathBuf) {
         while dir != self.repos_dir && dir.starts_with(&self.repos_dir) {
             if fs::remove_dir(&dir).is_err() {
                 return;
@@ -662,10 +737,14 @@ fn child_repository(parent: &str, name: &str, depth: usize) -> Option<String> {
 /// Reads a file of at most [`RECORD_LEN_MAX`] bytes (one more is read, so that a longer file
 /// is seen to be too long without reading it whole).
 fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    read_at_most(path, RECORD_LEN_MAX)
+}
+
+/// Reads at most `len_max + 1` bytes of a file.
+fn read_at_most(path: &Path, len_max: usize) -> io::Result<Vec<u8>> {
     let file = File::open(path)?;
     let mut bytes = Vec::with_capacity(256);
-    file.take(RECORD_LEN_MAX as u64 + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(len_max as u64 + 1).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 
@@ -780,6 +859,14 @@ fn recover_repositories(repos_dir: &Path, report: &mut RecoveryReport) -> Result
                 }
                 continue;
             }
+            if is_dir && name == MANIFESTS_DIR && depth > 0 {
+                members::recover_manifests(&path, &repository, report)?;
+                continue;
+            }
+            if is_dir && name == REFERRERS_DIR && depth > 0 {
+                members::recover_referrers(&path, &repository, report)?;
+                continue;
+            }
             match child_repository(&repository, &name, depth) {
                 Some(child) if is_dir => pending.push((path, child, depth + 1)),
                 _ => report_unexpected(path, report),
@@ -822,6 +909,7 @@ fn recover_tags(
                 n_readable += 1;
                 report.n_tags += 1;
                 *max_version = (*max_version).max(record.version);
+                members::restore_membership(tags_dir, repository, &record, report)?;
             }
             Err(reason) => {
                 tracing::warn!(path = %path.display(), %reason, "corrupt tag record; not served");
@@ -839,6 +927,10 @@ fn recover_tags(
     }
     Ok(n_readable)
 }
+
+mod members;
+
+pub use members::DeletedManifest;
 
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,8 @@ pub enum Route<'a> {
     },
     /// `/v2/<name>/tags/list`.
     TagsList { name: &'a str },
+    /// `/v2/<name>/referrers/<digest>` (OCI 1.1): the manifests whose `subject` is `digest`.
+    Referrers { name: &'a str, digest: Digest },
     /// `/v2/<name>/blobs/uploads/` (`session` `None`) or `/v2/<name>/blobs/uploads/<id>`.
     Upload {
         name: &'a str,
@@ -73,7 +75,7 @@ impl<'a> Route<'a> {
         // The name first: a traversal attempt is NAME_INVALID whatever follows it.
         let name = match kind {
             "uploads" => name.strip_suffix("/blobs").ok_or_else(unknown)?,
-            "blobs" | "manifests" => name,
+            "blobs" | "manifests" | "referrers" => name,
             "tags" if last == "list" => name,
             _ => return Err(unknown()),
         };
@@ -91,6 +93,10 @@ impl<'a> Route<'a> {
                 name,
                 reference: parse_reference(last)?,
             },
+            "referrers" => Route::Referrers {
+                name,
+                digest: parse_digest(last)?,
+            },
             _ => Route::TagsList { name },
         })
     }
@@ -102,6 +108,7 @@ impl<'a> Route<'a> {
             Route::Blob { name, .. }
             | Route::Manifest { name, .. }
             | Route::TagsList { name }
+            | Route::Referrers { name, .. }
             | Route::Upload { name, .. } => Some(name),
         }
     }
@@ -230,6 +237,21 @@ mod tests {
         );
         check("/v2/a/b/tags/list", Ok(Route::TagsList { name: "a/b" }));
         check(
+            &format!("/v2/a/b/referrers/{SHA}"),
+            Ok(Route::Referrers {
+                name: "a/b",
+                digest: digest(),
+            }),
+        );
+        // A repository may be called "referrers" too.
+        check(
+            &format!("/v2/referrers/referrers/{SHA}"),
+            Ok(Route::Referrers {
+                name: "referrers",
+                digest: digest(),
+            }),
+        );
+        check(
             "/v2/a/blobs/uploads/",
             Ok(Route::Upload {
                 name: "a",
@@ -288,6 +310,10 @@ mod tests {
                 &format!("/v2/{name}/blobs/{SHA}"),
                 Err(ErrorCode::NameInvalid),
             );
+            check(
+                &format!("/v2/{name}/referrers/{SHA}"),
+                Err(ErrorCode::NameInvalid),
+            );
         }
         check("/v2//blobs/uploads/", Err(ErrorCode::NameInvalid));
         let long = format!("/v2/{}/tags/list", "a".repeat(NAME_LEN_MAX + 1));
@@ -331,6 +357,9 @@ mod tests {
             check(&format!("/v2/a/blobs/{bad}"), Err(ErrorCode::DigestInvalid));
         }
         check("/v2/a/manifests/sha256:abc", Err(ErrorCode::DigestInvalid));
+        check("/v2/a/referrers/sha256:abc", Err(ErrorCode::DigestInvalid));
+        check("/v2/a/referrers/latest", Err(ErrorCode::DigestInvalid));
+        check("/v2/a/referrers/..", Err(ErrorCode::DigestInvalid));
     }
 
     #[test]

@@ -83,6 +83,8 @@ type Tags = BTreeMap<(String, String), (String, String, u64)>;
 #[derive(Default)]
 struct FakeIndex {
     tags: RefCell<Tags>,
+    /// (repo, digest) → manifest record JSON.
+    manifests: RefCell<BTreeMap<(String, String), Bytes>>,
 }
 
 impl FakeIndex {
@@ -124,6 +126,37 @@ impl Handler for FakeIndex {
             let mut repos: Vec<String> = self.tags.borrow().keys().map(|k| k.0.clone()).collect();
             repos.dedup();
             return self.page(repos, &query, &path, "repositories");
+        }
+        if let Some(rest) = path.strip_prefix("/internal/referrers/") {
+            assert!(rest.rsplit_once('/').is_some());
+            return Response::new(LocalBody::full(r#"{"manifests":[]}"#));
+        }
+        if let Some(rest) = path.strip_prefix("/internal/manifests/") {
+            let (repo, digest) = rest.rsplit_once('/').unwrap();
+            let key = (repo.to_owned(), digest.to_owned());
+            return match *request.method() {
+                Method::GET => match self.manifests.borrow().get(&key) {
+                    Some(record) => Response::new(LocalBody::full(record.clone())),
+                    None => status(StatusCode::NOT_FOUND, ""),
+                },
+                Method::PUT => {
+                    let body = read_body_bounded(request.into_body(), 1 << 20)
+                        .await
+                        .unwrap();
+                    self.manifests.borrow_mut().insert(key, body);
+                    status(StatusCode::OK, "")
+                }
+                Method::DELETE => {
+                    self.tags
+                        .borrow_mut()
+                        .retain(|k, v| !(k.0 == repo && v.0 == digest));
+                    match self.manifests.borrow_mut().remove(&key) {
+                        Some(_) => status(StatusCode::ACCEPTED, "{}"),
+                        None => status(StatusCode::NOT_FOUND, ""),
+                    }
+                }
+                _ => status(StatusCode::METHOD_NOT_ALLOWED, ""),
+            };
         }
         let Some(rest) = path.strip_prefix("/internal/tags/") else {
             return status(StatusCode::NOT_FOUND, "");
@@ -729,8 +762,32 @@ fn manifests_need_their_blobs_and_tags_follow_pushes() {
                 Bytes::new(),
             )
             .await;
-        assert_eq!(by_digest.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(by_digest.code(), "UNSUPPORTED");
+        assert_eq!(by_digest.status, StatusCode::ACCEPTED);
+        assert_eq!(
+            f.get(&format!("/v2/app/manifests/{digest}")).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let again = f
+            .call(
+                Method::DELETE,
+                &format!("/v2/app/manifests/{digest}"),
+                &[],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND);
+        assert_eq!(again.code(), "MANIFEST_UNKNOWN");
+        // Blobs cannot be deleted: shared between repositories, no garbage collection.
+        let blob = f
+            .call(
+                Method::DELETE,
+                &format!("/v2/app/blobs/{config}"),
+                &[],
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(blob.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(blob.code(), "UNSUPPORTED");
     });
 }
 

@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod fixture;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -86,11 +88,32 @@ impl Served {
         F: Future<Output = H>,
         M: FnOnce() -> F + Send + 'static,
     {
+        Served::start_at("127.0.0.1:0".parse().unwrap(), make)
+    }
+
+    /// [`Served::start`] on `addr`; a port just released by a stopped server may stay
+    /// bound for a few milliseconds (io_uring closes asynchronously): the bind is retried
+    /// for at most [`WAIT_MAX`].
+    pub fn start_at<H, F, M>(addr: SocketAddr, make: M) -> Served
+    where
+        H: Handler,
+        F: Future<Output = H>,
+        M: FnOnce() -> F + Send + 'static,
+    {
         let (stop, stopped) = flume::bounded::<()>(1);
         let (ready, address) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             run(async move {
-                let listener = compio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let deadline = std::time::Instant::now() + WAIT_MAX;
+                let listener = loop {
+                    match compio::net::TcpListener::bind(addr).await {
+                        Ok(listener) => break listener,
+                        Err(error) => {
+                            assert!(std::time::Instant::now() < deadline, "bind {addr}: {error}");
+                            compio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                };
                 let handler = make().await;
                 ready.send(listener.local_addr().unwrap()).unwrap();
                 let config = HttpConfig {

@@ -212,6 +212,9 @@ fn malformed_json_is_refused() {
         br#"{"schemaVersion":2,"config":{"digest":7,"size":1},"layers":[]}"#,
         br#"{"schemaVersion":2,"config":{"digest":"x","size":-1},"layers":[]}"#,
         br#"{"schemaVersion":2,"schemaVersion":2}"#,
+        // Annotations are a map of strings (image-spec).
+        br#"{"schemaVersion":2,"annotations":{"a":1},"config":{"digest":"x","size":1},"layers":[]}"#,
+        br#"{"schemaVersion":2,"annotations":[],"config":{"digest":"x","size":1},"layers":[]}"#,
     ] {
         check_error(bytes, OCI_MANIFEST, |e| {
             matches!(e, ManifestError::Malformed(_))
@@ -220,7 +223,7 @@ fn malformed_json_is_refused() {
     // Deep nesting neither overflows the stack nor is accepted: in an ignored field it is
     // skipped (then the missing config refuses it), elsewhere it is malformed.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
-    let in_ignored = format!(r#"{{"schemaVersion":2,"annotations":{deep}}}"#);
+    let in_ignored = format!(r#"{{"schemaVersion":2,"x-unknown":{deep}}}"#);
     check_error(in_ignored.as_bytes(), OCI_MANIFEST, |e| {
         matches!(e, ManifestError::Shape { .. })
     });

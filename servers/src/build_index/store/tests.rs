@@ -88,7 +88,27 @@ fn put_get_delete() {
     assert!(store.delete("library/ubuntu", "latest").unwrap());
     assert_eq!(store.get("library/ubuntu", "latest").unwrap(), None);
     assert!(!store.delete("library/ubuntu", "latest").unwrap());
-    // The repository's directories went with its last tag.
+    // The tag's directory went with the last tag; the repository still holds the manifests
+    // its tags named (by digest) until they are deleted by digest.
+    assert!(!dir.path().join("repos/library/ubuntu/_tags").exists());
+    assert!(
+        store
+            .manifest("library/ubuntu", &digest(2))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .delete_manifest("library/ubuntu", &digest(1))
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .delete_manifest("library/ubuntu", &digest(2))
+            .unwrap()
+            .is_some()
+    );
     assert!(!dir.path().join("repos/library").exists());
     assert_eq!(
         store.list_repositories(None, None).unwrap().repositories,
