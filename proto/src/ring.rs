@@ -66,7 +66,7 @@ struct Member {
 
 /// A set of named members placed by rendezvous hashing. See the module documentation for the
 /// exact scoring.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct HashRing {
     /// In the order given to [`HashRing::new`]; the order does not affect placement.
     members: Vec<Member>,

@@ -9,6 +9,8 @@
 //!   tags through [`registry::Registry`], pushes forwarded to the proxy, containerd mirror `ns`).
 //! - [`manifests`]: manifest reads (scoped to their repository), tag lists, the catalog and
 //!   OCI 1.1 referrers, shared by the proxy and agent.
+//! - [`cluster`]: the origins as a rendezvous-hash ring (owners per digest, read order,
+//!   health checks, DNS refresh), shared by every client of the origins.
 //! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
 //!   GET) over one origin engine, which stores and seeds what is pushed.
 //! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
@@ -30,6 +32,7 @@ pub use shoal_engine as engine;
 
 pub mod agent;
 pub mod build_index;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod manifests;

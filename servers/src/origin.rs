@@ -31,7 +31,10 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
 
 use compio::io::AsyncWriteAtExt as _;
 use event_listener::Event;
@@ -43,7 +46,10 @@ use hyper::body::Incoming;
 use shoal_engine::Engine;
 use shoal_proto::Digest;
 
+use crate::cluster::{HEALTH_PATH, OriginCluster};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
+use crate::http::client::{ClientBody, ClientConfig, HttpClient};
+use crate::http::query;
 use crate::http::route::parse_digest;
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
 use crate::uploads::disk::Hasher;
@@ -62,17 +68,43 @@ pub const BLOB_BYTES_MAX_DEFAULT: u64 = 64 << 30;
 /// one write per frame would cost a system call per few KiB).
 pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
 
+/// Blobs listed per page of `GET /internal/blobs/` at most (and by default).
+pub const LIST_PAGE_MAX: usize = 1000;
+
+/// Pages of another origin's listing read in one repair pass at most (bounds a pass at
+/// `LIST_PAGE_MAX × REPAIR_PAGES_MAX` blobs per member).
+pub const REPAIR_PAGES_MAX: usize = 10_000;
+
+/// Header on the requests one origin makes to another while filling a blob: the other
+/// answers from its store only and never fills in turn, so a miss never recurses.
+pub const REPLICA_READ_HEADER: http::HeaderName = http::HeaderName::from_static("shoal-replica-read");
+
+/// This origin's place in a cluster of origins.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The ring, as every client of the origins sees it.
+    pub cluster: OriginCluster,
+    /// This origin's internal API address as the ring names it (a member's `ip:port`).
+    pub advertise: SocketAddr,
+    /// How often the blobs this origin owns are looked for on the other members (and at
+    /// start-up, after one health interval).
+    pub repair_interval: Duration,
+}
+
 /// The origin's settings (beyond its engine's).
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
     /// Largest blob a PUT may carry (its `Content-Length`).
     pub blob_bytes_max: u64,
+    /// The cluster this origin belongs to (`None`: a lone origin).
+    pub membership: Option<Membership>,
 }
 
 impl Default for OriginConfig {
     fn default() -> OriginConfig {
         OriginConfig {
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
+            membership: None,
         }
     }
 }
@@ -89,16 +121,33 @@ pub struct SeedReport {
 /// The origin's HTTP handler.
 #[derive(Debug)]
 pub struct Origin {
+    inner: Rc<OriginState>,
+}
+
+#[derive(Debug)]
+/// The state behind an [`Origin`] (shared with its repair task).
+pub struct OriginState {
     engine: Engine,
     config: OriginConfig,
+    /// To the other origins (filling a blob, repair).
+    client: HttpClient,
     /// `<store root>/incoming`.
     incoming_dir: PathBuf,
     /// Makes temporary names unique (the store's lock makes the process unique).
     next_temp: Cell<u64>,
-    /// Digests with a PUT in progress: one at a time per digest.
+    /// Digests being received (a PUT or a fill): one at a time per digest.
     putting: RefCell<HashSet<Digest>>,
-    /// Notified whenever a PUT leaves `putting`.
+    /// Notified whenever a digest leaves `putting`.
     put_done: Event,
+    /// Blobs received from other origins by fills and repairs (for tests and logs).
+    n_filled: Cell<u64>,
+}
+
+impl std::ops::Deref for Origin {
+    type Target = OriginState;
+    fn deref(&self) -> &OriginState {
+        &self.inner
+    }
 }
 
 impl Handler for Origin {
@@ -146,15 +195,21 @@ impl Origin {
             failed = report.n_failed,
             "origin started"
         );
-        let origin = Origin {
+        let inner = Rc::new(OriginState {
             engine,
             config,
+            client: HttpClient::new(ClientConfig::default()),
             incoming_dir,
             next_temp: Cell::new(0),
             putting: RefCell::new(HashSet::new()),
             put_done: Event::new(),
-        };
-        Ok((origin, report))
+            n_filled: Cell::new(0),
+        });
+        if let Some(membership) = &inner.config.membership {
+            membership.cluster.spawn_health_checks(inner.client.clone());
+            compio::runtime::spawn(repair_loop(Rc::clone(&inner), membership.clone())).detach();
+        }
+        Ok((Origin { inner }, report))
     }
 
     pub fn engine(&self) -> &Engine {
@@ -165,8 +220,28 @@ impl Origin {
         &self.config
     }
 
+    /// Blobs this origin received from other origins (fills on a miss, repairs).
+    pub fn n_filled(&self) -> u64 {
+        self.n_filled.get()
+    }
+
     async fn route(&self, parts: &Parts, body: Incoming) -> Result<Response<LocalBody>, OciError> {
         let path = parts.uri.path();
+        let method = &parts.method;
+        if path == HEALTH_PATH {
+            return if method == Method::GET || method == Method::HEAD {
+                Ok(Response::new(LocalBody::empty()))
+            } else {
+                Ok(method_not_allowed(method, "GET, HEAD"))
+            };
+        }
+        if path == BLOBS_PATH || path == BLOBS_PATH.trim_end_matches('/') {
+            return if method == Method::GET {
+                self.list(parts.uri.query().unwrap_or(""))
+            } else {
+                Ok(method_not_allowed(method, "GET"))
+            };
+        }
         let Some(digest) = path.strip_prefix(BLOBS_PATH) else {
             return Err(OciError::new(
                 ErrorCode::NameUnknown,
@@ -174,11 +249,18 @@ impl Origin {
             ));
         };
         let digest = parse_digest(digest)?;
-        let method = &parts.method;
         if method == Method::PUT {
             self.put(digest, &parts.headers, body).await
         } else if method == Method::GET || method == Method::HEAD {
-            let Some(blob_len) = self.engine.store().blob_len(&digest) else {
+            let mut blob_len = self.engine.store().blob_len(&digest);
+            if blob_len.is_none()
+                && method == Method::GET
+                && !parts.headers.contains_key(REPLICA_READ_HEADER)
+                && self.inner.fill(digest, None).await
+            {
+                blob_len = self.engine.store().blob_len(&digest);
+            }
+            let Some(blob_len) = blob_len else {
                 return Err(blob_unknown(&digest));
             };
             blob_response(
@@ -192,6 +274,44 @@ impl Origin {
         } else {
             Ok(method_not_allowed(method, "GET, HEAD, PUT"))
         }
+    }
+
+    /// `GET /internal/blobs/?n=&last=`: stored blobs in digest order after `last`, at most
+    /// `n` ([`LIST_PAGE_MAX`]): `{"blobs":["sha256:…",…],"next":"sha256:…"|null}` — `next` is
+    /// the `last` of the following page.
+    fn list(&self, query: &str) -> Result<Response<LocalBody>, OciError> {
+        let n = match query::param(query, "n") {
+            None => LIST_PAGE_MAX,
+            Some(text) => text
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=LIST_PAGE_MAX).contains(n))
+                .ok_or_else(|| {
+                    OciError::new(
+                        ErrorCode::SizeInvalid,
+                        format!("n must be 1 to {LIST_PAGE_MAX}"),
+                    )
+                })?,
+        };
+        let last = query::param(query, "last");
+        let mut blobs: Vec<String> = self
+            .engine
+            .store()
+            .blobs()
+            .iter()
+            .map(Digest::to_string)
+            .filter(|d| last.as_ref().is_none_or(|last| d > last))
+            .collect();
+        blobs.sort_unstable();
+        let next = (blobs.len() > n).then(|| blobs[n - 1].clone());
+        blobs.truncate(n);
+        let body = serde_json::json!({ "blobs": blobs, "next": next });
+        let mut response = Response::new(LocalBody::full(body.to_string()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
     }
 
     async fn put(
@@ -238,6 +358,9 @@ impl Origin {
         Ok(response)
     }
 
+}
+
+impl OriginState {
     /// Receives the body into `temp` (hashing it), checks it, and ingests it.
     async fn receive_and_ingest(
         &self,
@@ -286,9 +409,195 @@ impl Origin {
     }
 }
 
+impl OriginState {
+    /// Fetches `digest` from the other origins into this store, if this origin is one of its
+    /// owners (now, or when every member is up) and another origin has it: `first` is asked
+    /// first, then the digest's read order. Concurrent fills and PUTs of one digest run one
+    /// at a time. Returns whether the blob is stored now.
+    async fn fill(&self, digest: Digest, first: Option<SocketAddr>) -> bool {
+        let Some(membership) = &self.config.membership else {
+            return false;
+        };
+        let me = membership.advertise;
+        let cluster = &membership.cluster;
+        if !cluster.is_home_owner(me, &digest) && !cluster.owners(&digest).contains(&me) {
+            return false;
+        }
+        let _turn = self.turn_of(digest).await;
+        if self.engine.store().has_blob(&digest) {
+            return true;
+        }
+        let mut sources: Vec<SocketAddr> = first.into_iter().collect();
+        for addr in cluster.read_order(&digest) {
+            if !sources.contains(&addr) {
+                sources.push(addr);
+            }
+        }
+        for addr in sources.into_iter().filter(|addr| *addr != me) {
+            match self.fill_from(addr, digest).await {
+                Ok(true) => {
+                    self.n_filled.set(self.n_filled.get() + 1);
+                    tracing::info!(%digest, from = %addr, "blob filled from another origin");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(%digest, from = %addr, %error, "filling a blob failed; trying the next origin");
+                }
+            }
+        }
+        false
+    }
+
+    /// One attempt of [`OriginState::fill`] from the origin at `addr`: `Ok(false)` if it does not
+    /// hold the blob. The body is received and checked like a PUT's, within a time bound of
+    /// 30 s plus its length at the client's slowest accepted rate.
+    async fn fill_from(&self, addr: SocketAddr, digest: Digest) -> Result<bool, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(REPLICA_READ_HEADER, http::HeaderValue::from_static("1"));
+        let path = format!("{BLOBS_PATH}{digest}");
+        let response = self
+            .client
+            .request(Method::GET, addr, &path, headers, ClientBody::empty())
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(false),
+            status => return Err(format!("answered {status}")),
+        }
+        let len = content_length(response.headers())
+            .ok()
+            .flatten()
+            .ok_or("no valid Content-Length")?;
+        if len > self.config.blob_bytes_max {
+            return Err(format!(
+                "{len} bytes is more than this origin's {} per blob",
+                self.config.blob_bytes_max
+            ));
+        }
+        let rate = self.client.config().body_bytes_per_s_min.max(1);
+        let bound = FILL_TIME_BASE + Duration::from_secs(len / rate);
+        let temp = self.temp_path(&digest);
+        let result = compio::time::timeout(
+            bound,
+            self.receive_and_ingest(digest, len, response.into_body(), &temp),
+        )
+        .await;
+        if let Err(error) = compio::fs::remove_file(&temp).await
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
+        }
+        match result {
+            Err(_) => return Err(format!("not received within {bound:?}")),
+            Ok(Err(error)) => return Err(error.message),
+            Ok(Ok(())) => {}
+        }
+        self.engine.seed(&digest).await.map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
+/// The fixed part of the time bound of one fill.
+const FILL_TIME_BASE: Duration = Duration::from_secs(30);
+
+/// Largest listing page read from another origin (`LIST_PAGE_MAX` digests of at most 135
+/// bytes, with room to spare).
+const LIST_RESPONSE_BYTES_MAX: usize = 1 << 20;
+
+/// A page of `GET /internal/blobs/`.
+#[derive(serde::Deserialize)]
+struct ListPage {
+    blobs: Vec<String>,
+    next: Option<String>,
+}
+
+/// Catches up on what this origin owns: one pass after the first health interval, then one
+/// every [`Membership::repair_interval`], until the runtime ends.
+async fn repair_loop(inner: Rc<OriginState>, membership: Membership) {
+    compio::time::sleep(membership.cluster.config().health_interval).await;
+    loop {
+        let filled = repair_pass(&inner, &membership).await;
+        if filled > 0 {
+            tracing::info!(filled, "repair pass: blobs caught up from other origins");
+        }
+        compio::time::sleep(membership.repair_interval).await;
+    }
+}
+
+/// Reads every other healthy member's listing and fills each listed blob this origin owns
+/// and lacks. Returns the number filled.
+async fn repair_pass(inner: &OriginState, membership: &Membership) -> usize {
+    let me = membership.advertise;
+    let cluster = &membership.cluster;
+    let mut filled = 0;
+    for member in cluster.members() {
+        if member == me || cluster.is_healthy(member) != Some(true) {
+            continue;
+        }
+        let mut last: Option<String> = None;
+        for _ in 0..REPAIR_PAGES_MAX {
+            let page = match list_page(inner, member, last.as_deref()).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(origin = %member, %error, "repair: listing failed");
+                    break;
+                }
+            };
+            for text in &page.blobs {
+                let Ok(digest) = Digest::parse(text) else {
+                    tracing::warn!(origin = %member, "repair: listing holds a malformed digest");
+                    continue;
+                };
+                if inner.engine.store().has_blob(&digest)
+                    || !cluster.is_home_owner(me, &digest)
+                {
+                    continue;
+                }
+                if inner.fill(digest, Some(member)).await {
+                    filled += 1;
+                }
+            }
+            match page.next {
+                Some(next) => last = Some(next),
+                None => break,
+            }
+        }
+    }
+    filled
+}
+
+async fn list_page(
+    inner: &OriginState,
+    member: SocketAddr,
+    last: Option<&str>,
+) -> Result<ListPage, String> {
+    let mut path = format!("{BLOBS_PATH}?n={LIST_PAGE_MAX}");
+    if let Some(last) = last {
+        path.push_str("&last=");
+        path.push_str(&query::encode(last));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(REPLICA_READ_HEADER, http::HeaderValue::from_static("1"));
+    let response = inner
+        .client
+        .request(Method::GET, member, &path, headers, ClientBody::empty())
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("answered {}", response.status()));
+    }
+    inner
+        .client
+        .read_json(response.into_body(), LIST_RESPONSE_BYTES_MAX)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One PUT's hold on its digest.
 struct Turn<'a> {
-    origin: &'a Origin,
+    origin: &'a OriginState,
     digest: Digest,
 }
 

@@ -1,8 +1,9 @@
 //! [`Registry`]: the client side of the origin's and the build-index's internal HTTP APIs,
 //! shared by the proxy (push) and, later, the agent (pull: tag → digest → manifest).
 //!
-//! Today one origin and one build-index (clusters, with the hash ring, come later behind the
-//! same methods). The APIs it speaks:
+//! The origins are an [`OriginCluster`] (one origin is a cluster of one): blobs are written to
+//! every owner of their digest (success when at least one took it) and read from the first
+//! origin in the digest's read order that has them. One build-index. The APIs it speaks:
 //! - origin: `PUT /internal/blobs/<digest>` (body with `Content-Length`; 201, idempotent),
 //!   `HEAD` (200 + `Content-Length`, or 404), `GET` (bytes, `Range` supported);
 //! - build-index: `GET|PUT|DELETE /internal/tags/<repo>/<tag>` (records
@@ -14,6 +15,7 @@
 //! Every digest that comes back is checked: a manifest fetched by digest must hash to it.
 
 use std::net::SocketAddr;
+use std::future::Future;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use shoal_proto::Digest;
 
 use crate::build_index::{MANIFEST_LEN_MAX, ManifestRecord, REFERRERS_RESPONSE_BYTES_MAX};
+use crate::cluster::OriginCluster;
 use crate::http::client::{ClientBody, ClientError, HttpClient};
 use crate::http::query;
 use crate::http::{ErrorCode, OciError};
@@ -116,19 +119,29 @@ impl RegistryError {
 const ORIGIN: &str = "origin";
 const BUILD_INDEX: &str = "build-index";
 
-/// The origin and build-index, as one client. Cheap to clone.
+/// The origins and the build-index, as one client. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Registry {
     client: HttpClient,
-    origin: SocketAddr,
+    origins: OriginCluster,
     build_index: SocketAddr,
 }
 
 impl Registry {
+    /// One origin and one build-index.
     pub fn new(client: HttpClient, origin: SocketAddr, build_index: SocketAddr) -> Registry {
+        Registry::with_cluster(client, OriginCluster::single(origin), build_index)
+    }
+
+    /// A cluster of origins and one build-index.
+    pub fn with_cluster(
+        client: HttpClient,
+        origins: OriginCluster,
+        build_index: SocketAddr,
+    ) -> Registry {
         Registry {
             client,
-            origin,
+            origins,
             build_index,
         }
     }
@@ -137,6 +150,11 @@ impl Registry {
         &self.client
     }
 
+    pub fn origins(&self) -> &OriginCluster {
+        &self.origins
+    }
+
+    /// A request to the build-index.
     async fn call(
         &self,
         upstream: &'static str,
@@ -145,15 +163,53 @@ impl Registry {
         headers: HeaderMap,
         body: ClientBody,
     ) -> Result<Response<Incoming>, RegistryError> {
-        let addr = if upstream == ORIGIN {
-            self.origin
-        } else {
-            self.build_index
-        };
+        self.call_at(self.build_index, upstream, method, path, headers, body)
+            .await
+    }
+
+    async fn call_at(
+        &self,
+        addr: SocketAddr,
+        upstream: &'static str,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: ClientBody,
+    ) -> Result<Response<Incoming>, RegistryError> {
         self.client
             .request(method, addr, path, headers, body)
             .await
             .map_err(|source| RegistryError::Unavailable { upstream, source })
+    }
+
+    /// Asks the origins that may hold `digest`, in [`OriginCluster::read_order`], until one
+    /// has it: `ask` returns `Ok(None)` for "not here". `Ok(None)` overall when every origin
+    /// that answered lacks it; the last error when none answered.
+    async fn find_on_origins<T, F, Fut>(
+        &self,
+        digest: &Digest,
+        mut ask: F,
+    ) -> Result<Option<T>, RegistryError>
+    where
+        F: FnMut(SocketAddr) -> Fut,
+        Fut: Future<Output = Result<Option<T>, RegistryError>>,
+    {
+        let mut last_error = None;
+        let mut answered = false;
+        for addr in self.origins.read_order(digest) {
+            match ask(addr).await {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => answered = true,
+                Err(error) => {
+                    tracing::debug!(origin = %addr, %digest, %error, "origin failed; trying the next");
+                    last_error = Some(error);
+                }
+            }
+        }
+        match last_error {
+            Some(error) if !answered => Err(error),
+            _ => Ok(None),
+        }
     }
 
     async fn read(
@@ -176,12 +232,23 @@ impl Registry {
             })
     }
 
-    /// The blob's length on the origin, or `None` if the origin does not have it.
+    /// The blob's length on the origins, or `None` if none of them has it.
     pub async fn blob_len(&self, digest: &Digest) -> Result<Option<u64>, RegistryError> {
+        self.find_on_origins(digest, |addr| self.blob_len_at(addr, digest))
+            .await
+    }
+
+    /// The blob's length on the origin at `addr`, or `None` if it does not have it.
+    pub async fn blob_len_at(
+        &self,
+        addr: SocketAddr,
+        digest: &Digest,
+    ) -> Result<Option<u64>, RegistryError> {
         let what = format!("HEAD blob {digest}");
         let path = format!("/internal/blobs/{digest}");
         let response = self
-            .call(
+            .call_at(
+                addr,
                 ORIGIN,
                 Method::HEAD,
                 &path,
@@ -213,37 +280,83 @@ impl Registry {
         Ok(self.blob_len(digest).await?.is_some())
     }
 
-    /// Stores a verified blob on the origin, streaming the first `len` bytes of the file at
-    /// `path` (one chunk in memory at a time).
+    /// Stores a verified blob on every owner origin, streaming the first `len` bytes of the
+    /// file at `path` to each (one chunk per owner in memory at a time). Succeeds when at
+    /// least one owner stored it: an owner that was down catches up from the others.
     pub async fn put_blob_file(
         &self,
         digest: &Digest,
         path: &Path,
         len: u64,
     ) -> Result<(), RegistryError> {
-        let body = ClientBody::file(path, len)
-            .await
-            .map_err(|e| RegistryError::Invalid {
-                upstream: "local disk",
-                what: format!("PUT blob {digest}"),
-                message: e.to_string(),
-            })?;
-        self.put_blob(digest, body).await
+        self.put_on_owners(digest, |addr| async move {
+            let body = ClientBody::file(path, len)
+                .await
+                .map_err(|e| RegistryError::Invalid {
+                    upstream: "local disk",
+                    what: format!("PUT blob {digest}"),
+                    message: e.to_string(),
+                })?;
+            self.put_blob_at(addr, digest, body).await
+        })
+        .await
     }
 
-    /// Stores `bytes` (whose digest the caller checked) on the origin.
+    /// Stores `bytes` (whose digest the caller checked) on every owner origin (at least one
+    /// must take it).
     pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), RegistryError> {
-        self.put_blob(digest, ClientBody::bytes(bytes)).await
+        self.put_on_owners(digest, |addr| {
+            self.put_blob_at(addr, digest, ClientBody::bytes(bytes.clone()))
+        })
+        .await
     }
 
-    async fn put_blob(&self, digest: &Digest, body: ClientBody) -> Result<(), RegistryError> {
+    async fn put_on_owners<F, Fut>(&self, digest: &Digest, put: F) -> Result<(), RegistryError>
+    where
+        F: Fn(SocketAddr) -> Fut,
+        Fut: Future<Output = Result<(), RegistryError>>,
+    {
+        let owners = self.origins.owners(digest);
+        let results =
+            futures_util::future::join_all(owners.iter().map(|&addr| put(addr))).await;
+        let mut stored = 0;
+        let mut last_error = None;
+        for (addr, result) in owners.iter().zip(results) {
+            match result {
+                Ok(()) => stored += 1,
+                Err(error) => {
+                    tracing::warn!(origin = %addr, %digest, %error, "an owner did not take the blob; it catches up later");
+                    last_error = Some(error);
+                }
+            }
+        }
+        match last_error {
+            Some(error) if stored == 0 => Err(error),
+            _ if owners.is_empty() => Err(RegistryError::Invalid {
+                upstream: ORIGIN,
+                what: format!("PUT blob {digest}"),
+                message: "the origin cluster has no members".into(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// `PUT` of a blob on the origin at `addr`.
+    pub async fn put_blob_at(
+        &self,
+        addr: SocketAddr,
+        digest: &Digest,
+        body: ClientBody,
+    ) -> Result<(), RegistryError> {
         let path = format!("/internal/blobs/{digest}");
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/octet-stream"),
         );
-        let response = self.call(ORIGIN, Method::PUT, &path, headers, body).await?;
+        let response = self
+            .call_at(addr, ORIGIN, Method::PUT, &path, headers, body)
+            .await?;
         match response.status() {
             StatusCode::CREATED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
             status => Err(status_error(ORIGIN, format!("PUT blob {digest}"), status)),
@@ -257,13 +370,27 @@ impl Registry {
         digest: &Digest,
         range: Option<&HeaderValue>,
     ) -> Result<Option<Response<Incoming>>, RegistryError> {
+        self.find_on_origins(digest, |addr| {
+            let mut headers = HeaderMap::new();
+            if let Some(range) = range {
+                headers.insert(header::RANGE, range.clone());
+            }
+            self.get_blob_at(addr, digest, headers)
+        })
+        .await
+    }
+
+    /// `GET` of a blob on the origin at `addr` with `headers`: 200, 206 or 416 with the body
+    /// still to read, or `None` if it does not hold the blob.
+    pub async fn get_blob_at(
+        &self,
+        addr: SocketAddr,
+        digest: &Digest,
+        headers: HeaderMap,
+    ) -> Result<Option<Response<Incoming>>, RegistryError> {
         let path = format!("/internal/blobs/{digest}");
-        let mut headers = HeaderMap::new();
-        if let Some(range) = range {
-            headers.insert(header::RANGE, range.clone());
-        }
         let response = self
-            .call(ORIGIN, Method::GET, &path, headers, ClientBody::empty())
+            .call_at(addr, ORIGIN, Method::GET, &path, headers, ClientBody::empty())
             .await?;
         match response.status() {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {
