@@ -71,6 +71,9 @@ pub const WRITE_BUFFER_BYTES: usize = 1 << 20;
 /// Blobs listed per page of `GET /internal/blobs/` at most (and by default).
 pub const LIST_PAGE_MAX: usize = 1000;
 
+/// Default of [`Membership::repair_interval`].
+pub const REPAIR_INTERVAL_DEFAULT: Duration = Duration::from_secs(60);
+
 /// Pages of another origin's listing read in one repair pass at most (bounds a pass at
 /// `LIST_PAGE_MAX × REPAIR_PAGES_MAX` blobs per member).
 pub const REPAIR_PAGES_MAX: usize = 10_000;

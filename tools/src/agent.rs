@@ -13,10 +13,12 @@ use std::path::PathBuf;
 use clap::Args;
 use shoal_engine::Engine;
 use shoal_servers::agent::Agent;
+use shoal_servers::cluster::ClusterConfig;
 use shoal_servers::config::{AgentFile, defaults};
 use shoal_servers::http::client::{ClientConfig, HttpClient};
 use shoal_servers::registry::Registry;
 
+use crate::origins::{self, OriginsArgs};
 use crate::peer::EngineArgs;
 use crate::serve::{self, HttpArgs};
 use crate::settings::ConfigFile;
@@ -35,9 +37,9 @@ pub struct AgentArgs {
     /// The peer port [default: 0.0.0.0:0].
     #[arg(long)]
     peer_listen: Option<SocketAddr>,
-    /// The origin's internal API, where manifests are read (with --build-index).
-    #[arg(long)]
-    origin: Option<SocketAddr>,
+    /// The origins, where manifests are read (with --build-index).
+    #[command(flatten)]
+    origins: OriginsArgs,
     /// The build-index's internal API, where tags are resolved (with --origin).
     #[arg(long)]
     build_index: Option<SocketAddr>,
@@ -61,7 +63,9 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         .listen
         .or(keys.agent.listen)
         .unwrap_or(defaults::AGENT_LISTEN);
-    let origin = args.origin.or(keys.agent.origin);
+    let origin = args
+        .origins
+        .cluster_config(keys.agent.origin.as_ref(), keys.agent.replicas);
     let build_index = args.build_index.or(keys.agent.build_index);
     if origin.is_some() != build_index.is_some() {
         return Err(file.error(
@@ -74,26 +78,29 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     println!("peer listening {}", engine.listen_addr());
     let served = engine.clone();
     let result = serve::run("agent", listen, http, || async move {
-        Ok(agent(served, origin.zip(build_index), proxy))
+        agent(served, origin.zip(build_index), proxy).await
     });
     engine.shutdown();
     result
 }
 
-/// The agent over `engine`, reading manifests and tags from `registry` (origin, build-index)
-/// and forwarding pushes to `proxy`, when given.
-pub fn agent(
+/// The agent over `engine`, reading manifests and tags from `registry` (the origins, the
+/// build-index) and forwarding pushes to `proxy`, when given. Resolves the origins and starts
+/// their health checks on the current runtime.
+pub async fn agent(
     engine: Engine,
-    registry: Option<(SocketAddr, SocketAddr)>,
+    registry: Option<(ClusterConfig, SocketAddr)>,
     proxy: Option<SocketAddr>,
-) -> Agent {
+) -> Result<Agent, String> {
     let client = HttpClient::new(ClientConfig::default());
     let mut agent = Agent::new(engine);
-    if let Some((origin, build_index)) = registry {
-        agent = agent.with_registry(Registry::new(client.clone(), origin, build_index));
+    if let Some((origins, build_index)) = registry {
+        let origins = origins::resolve(origins)?;
+        origins::watch(&origins, &client, "agent").await;
+        agent = agent.with_registry(Registry::with_cluster(client.clone(), origins, build_index));
     }
     if let Some(proxy) = proxy {
         agent = agent.with_proxy(client, proxy);
     }
-    agent
+    Ok(agent)
 }

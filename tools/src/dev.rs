@@ -33,6 +33,7 @@ use futures_util::future::{Either, select};
 use shoal_engine::EngineConfig;
 use shoal_servers::config::{DevFile, defaults};
 use shoal_servers::http::HttpConfig;
+use shoal_servers::cluster::ClusterConfig;
 use shoal_servers::origin::OriginConfig;
 
 use crate::proxy::ProxyConfig;
@@ -305,7 +306,8 @@ fn start_all(
 
     let proxy_dir = data.join("proxy");
     let proxy = ports.proxy;
-    let mut config = ProxyConfig::new(proxy_dir.clone(), origin, build_index, proxy);
+    let origins = ClusterConfig::new(vec![origin.to_string()]);
+    let mut config = ProxyConfig::new(proxy_dir.clone(), origins.clone(), build_index, proxy);
     config.http = http.clone();
     running.push(spawn("proxy", proxy, exited, move |ready| {
         crate::proxy::serve(config, ready)
@@ -323,11 +325,7 @@ fn start_all(
         // Manifests and tags from the origin and build-index, pushes forwarded to the proxy:
         // one address for `docker push` and `docker pull`.
         let make = || async move {
-            Ok(crate::agent::agent(
-                served,
-                Some((origin, build_index)),
-                Some(proxy),
-            ))
+            crate::agent::agent(served, Some((origins, build_index)), Some(proxy)).await
         };
         serve::serve_http("agent", agent, http, make, ready).await
     })?);

@@ -21,6 +21,7 @@ mod agent;
 mod build_index;
 mod dev;
 mod origin;
+mod origins;
 mod peer;
 mod proxy;
 mod serve;

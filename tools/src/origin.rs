@@ -5,12 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use shoal_engine::Engine;
-use shoal_servers::config::{OriginFile, defaults};
-use shoal_servers::origin::{Origin, OriginConfig};
+use shoal_servers::cluster::ClusterConfig;
+use shoal_servers::config::{Members, OriginFile, defaults};
+use shoal_servers::origin::{Membership, Origin, OriginConfig, REPAIR_INTERVAL_DEFAULT};
 
+use crate::origins;
 use crate::peer::EngineArgs;
 use crate::serve::{self, EngineGuard, HttpArgs, Stop};
 use crate::settings::ConfigFile;
@@ -32,6 +35,22 @@ pub struct OriginArgs {
     /// Largest blob a PUT may carry, bytes [default: 68719476736, 64 GiB].
     #[arg(long)]
     blob_bytes_max: Option<u64>,
+    /// An origin of this origin's cluster, `host:port`, this one included; repeat for every
+    /// member (a DNS name stands for every address it resolves to). Unset: a lone origin.
+    #[arg(long = "cluster")]
+    cluster: Vec<String>,
+    /// This origin's internal API address as the cluster lists it [default: --listen].
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Copies of each blob in the cluster [default: 3].
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// How often this origin catches up on the blobs it owns [default: 60s].
+    #[arg(long, value_parser = origins::duration_arg)]
+    repair_interval: Option<Duration>,
+    /// How often every member's health is checked [default: 2s].
+    #[arg(long, value_parser = origins::duration_arg)]
+    health_interval: Option<Duration>,
     #[command(flatten)]
     http: HttpArgs,
 }
@@ -60,6 +79,40 @@ pub fn run(args: OriginArgs) -> Result<(), String> {
         .listen
         .or(keys.origin.listen)
         .unwrap_or(defaults::ORIGIN_LISTEN);
+    let members = if args.cluster.is_empty() {
+        keys.origin.cluster.clone().map(Members::into_vec)
+    } else {
+        Some(args.cluster.clone())
+    };
+    if let Some(members) = members {
+        let mut cluster = ClusterConfig::new(members);
+        if let Some(replicas) = args.replicas.or(keys.origin.replicas) {
+            cluster.replicas = replicas;
+        }
+        if let Some(interval) = args
+            .health_interval
+            .or(keys.origin.health_interval.map(|span| span.0))
+        {
+            cluster.health_interval = interval;
+        }
+        let advertise = args.advertise.or(keys.origin.advertise).unwrap_or(listen);
+        let cluster = origins::resolve(cluster).map_err(|e| file.error(e))?;
+        if cluster.is_healthy(advertise).is_none() {
+            return Err(file.error(format!(
+                "this origin's address {advertise} (--advertise, else --listen) is not one of \
+                 the cluster's members {:?}",
+                cluster.members()
+            )));
+        }
+        origin_config.membership = Some(Membership {
+            cluster,
+            advertise,
+            repair_interval: args
+                .repair_interval
+                .or(keys.origin.repair_interval.map(|span| span.0))
+                .unwrap_or(REPAIR_INTERVAL_DEFAULT),
+        });
+    }
     let engine = EngineGuard::start(engine_config)?;
     println!("peer listening {}", engine.engine().listen_addr());
     let served = engine.engine().clone();

@@ -1,5 +1,6 @@
 //! `shoal proxy`: the OCI distribution push API. Uploads are staged and verified under
-//! `--data-dir`, blobs go to one origin and tags to one build-index (clusters come later).
+//! `--data-dir`, blobs go to every owner origin of their digest (`--origin`, repeated for a cluster) and tags
+//! to the build-index.
 //! One compio runtime on the main thread; the upload store's blocking work runs on compio's
 //! blocking threads. Settings: `--config FILE` (`configs/proxy.toml`), flags over the file.
 
@@ -10,8 +11,10 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::origins::{self, OriginsArgs};
 use crate::serve::{self, HttpArgs, Stop};
 use crate::settings::ConfigFile;
+use shoal_servers::cluster::ClusterConfig;
 use shoal_servers::config::{ProxyFile, defaults};
 use shoal_servers::http::HttpConfig;
 use shoal_servers::http::client::{ClientConfig, HttpClient};
@@ -31,9 +34,9 @@ pub struct ProxyArgs {
     /// proxy.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The origin's internal API (required, here or as proxy.origin).
-    #[arg(long)]
-    origin: Option<SocketAddr>,
+    /// The origins (required, here or as proxy.origin).
+    #[command(flatten)]
+    origins: OriginsArgs,
     /// The build-index's internal API (required, here or as proxy.build_index).
     #[arg(long)]
     build_index: Option<SocketAddr>,
@@ -48,8 +51,8 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Upload sessions are staged under `<data_dir>/uploads`.
     pub data_dir: PathBuf,
-    /// Where blobs go.
-    pub origin: SocketAddr,
+    /// Where blobs go: every owner of their digest in this cluster.
+    pub origins: ClusterConfig,
     /// Where tags go.
     pub build_index: SocketAddr,
     /// The upload store's bounds.
@@ -63,14 +66,14 @@ impl ProxyConfig {
     /// The defaults, with the addresses and the directory that have none.
     pub fn new(
         data_dir: PathBuf,
-        origin: SocketAddr,
+        origins: ClusterConfig,
         build_index: SocketAddr,
         listen: SocketAddr,
     ) -> ProxyConfig {
         ProxyConfig {
             listen,
             data_dir,
-            origin,
+            origins,
             build_index,
             uploads: UploadLimits::default(),
             sweep_interval: defaults::UPLOAD_SWEEP_INTERVAL,
@@ -91,7 +94,13 @@ pub fn run(args: ProxyArgs) -> Result<(), String> {
         "--data-dir",
         "proxy.data_dir",
     )?;
-    let origin = file.required(args.origin, keys.origin, "--origin", "proxy.origin")?;
+    let origins = file.required(
+        args.origins
+            .cluster_config(keys.origin.as_ref(), keys.replicas),
+        None,
+        "--origin",
+        "proxy.origin",
+    )?;
     let build_index = file.required(
         args.build_index,
         keys.build_index,
@@ -102,7 +111,7 @@ pub fn run(args: ProxyArgs) -> Result<(), String> {
         .listen
         .or(keys.listen)
         .unwrap_or(defaults::PROXY_LISTEN);
-    let mut config = ProxyConfig::new(data_dir, origin, build_index, listen);
+    let mut config = ProxyConfig::new(data_dir, origins, build_index, listen);
     config.http = http;
     keys.uploads
         .apply(&mut config.uploads, &mut config.sweep_interval)
@@ -121,17 +130,16 @@ pub async fn serve(config: ProxyConfig, ready: impl FnOnce(SocketAddr)) -> Resul
     let (store, _report) = UploadStore::open(&root, config.uploads.clone())
         .map_err(|e| format!("upload store in {}: {e}", root.display()))?;
     let store = Arc::new(store);
-    let registry = Registry::new(
-        HttpClient::new(ClientConfig::default()),
-        config.origin,
-        config.build_index,
-    );
+    let origins = origins::resolve(config.origins)?;
+    let client = HttpClient::new(ClientConfig::default());
+    let registry = Registry::with_cluster(client.clone(), origins.clone(), config.build_index);
     let sweep_interval = config.sweep_interval;
     serve::serve_http(
         "proxy",
         config.listen,
         config.http,
         || async move {
+            origins::watch(&origins, &client, "proxy").await;
             let sweeper = Proxy::new(Arc::clone(&store), registry.clone());
             compio::runtime::spawn(async move {
                 loop {

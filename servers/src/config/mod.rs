@@ -287,12 +287,33 @@ pub struct AgentFile {
 pub struct AgentSection {
     /// The pull API's address ([`defaults::AGENT_LISTEN`]).
     pub listen: Option<SocketAddr>,
-    /// The origin's internal API, where manifests are read (with `build_index`).
-    pub origin: Option<SocketAddr>,
+    /// The origins' internal API, where manifests are read (with `build_index`): one
+    /// `host:port` or a list (a cluster).
+    pub origin: Option<Members>,
+    /// Copies of each blob in the origin cluster ([`crate::cluster::REPLICAS_DEFAULT`]).
+    pub replicas: Option<usize>,
     /// The build-index's internal API, where tags are resolved (with `origin`).
     pub build_index: Option<SocketAddr>,
     /// The proxy's push API, where pushes are forwarded.
     pub proxy: Option<SocketAddr>,
+}
+
+/// One `host:port` (an IP address, or a DNS name standing for every address it resolves
+/// to), or a list of them: the origins of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Members {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Members {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            Members::One(member) => vec![member],
+            Members::Many(members) => members,
+        }
+    }
 }
 
 /// `shoal origin --config FILE`: `configs/origin.toml`.
@@ -312,6 +333,16 @@ pub struct OriginSection {
     pub listen: Option<SocketAddr>,
     /// Largest blob a PUT may carry.
     pub blob_bytes_max: Option<Bytes>,
+    /// Every origin of the cluster, this one included (unset: a lone origin).
+    pub cluster: Option<Members>,
+    /// This origin's address as the cluster lists it (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// Copies of each blob in the cluster.
+    pub replicas: Option<usize>,
+    /// How often this origin catches up on the blobs it owns.
+    pub repair_interval: Option<Span>,
+    /// How often every member's health is checked.
+    pub health_interval: Option<Span>,
 }
 
 impl OriginSection {
@@ -361,8 +392,11 @@ pub struct ProxySection {
     pub listen: Option<SocketAddr>,
     /// Where upload sessions are staged (no default: here or `--data-dir`).
     pub data_dir: Option<PathBuf>,
-    /// The origin's internal API (no default: here or `--origin`).
-    pub origin: Option<SocketAddr>,
+    /// The origins' internal API (no default: here or `--origin`): one `host:port` or a
+    /// list (a cluster).
+    pub origin: Option<Members>,
+    /// Copies of each blob in the origin cluster ([`crate::cluster::REPLICAS_DEFAULT`]).
+    pub replicas: Option<usize>,
     /// The build-index's internal API (no default: here or `--build-index`).
     pub build_index: Option<SocketAddr>,
     pub uploads: UploadsSection,

@@ -65,6 +65,7 @@ fn the_shipped_agent_config_parses_and_states_the_defaults() {
     assert_eq!(file.agent.origin, None);
     assert_eq!(file.agent.build_index, None);
     assert_eq!(file.agent.proxy, None);
+    assert_eq!(file.agent.replicas, Some(crate::cluster::REPLICAS_DEFAULT));
     assert_eq!(file.engine.peer_listen, Some(defaults::PEER_LISTEN));
     // Every value in the example is the default: applying it changes nothing.
     let mut config = engine_defaults();
@@ -79,6 +80,17 @@ fn the_shipped_origin_config_parses_and_states_the_defaults() {
     let file: OriginFile = load(&shipped("origin.toml")).unwrap();
     assert_eq!(file.origin.listen, Some(defaults::ORIGIN_LISTEN));
     assert_eq!(file.engine.peer_listen, Some(defaults::PEER_LISTEN));
+    let cluster = crate::cluster::ClusterConfig::new(Vec::new());
+    assert_eq!(file.origin.cluster, None);
+    assert_eq!(file.origin.replicas, Some(cluster.replicas));
+    assert_eq!(
+        file.origin.health_interval.map(|s| s.0),
+        Some(cluster.health_interval)
+    );
+    assert_eq!(
+        file.origin.repair_interval.map(|s| s.0),
+        Some(crate::origin::REPAIR_INTERVAL_DEFAULT)
+    );
     let mut origin = OriginConfig::default();
     file.origin.overlay(&mut origin).unwrap();
     assert_eq!(
@@ -107,9 +119,10 @@ fn the_shipped_proxy_config_parses_and_states_the_defaults() {
     let proxy = &file.proxy;
     assert_eq!(proxy.listen, Some(defaults::PROXY_LISTEN));
     assert_eq!(
-        (proxy.data_dir.as_ref(), proxy.origin, proxy.build_index),
+        (proxy.data_dir.as_ref(), proxy.origin.as_ref(), proxy.build_index),
         (None, None, None)
     );
+    assert_eq!(proxy.replicas, Some(crate::cluster::REPLICAS_DEFAULT));
     let mut limits = UploadLimits::default();
     let mut sweep_interval = defaults::UPLOAD_SWEEP_INTERVAL;
     proxy
