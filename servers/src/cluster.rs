@@ -221,7 +221,10 @@ impl OriginCluster {
         let replicas = self.config.replicas;
         let healthy = state.ring.owners_of_digest(digest, replicas);
         if healthy.is_empty() {
-            return Self::addrs_of(&state, &state.ring.owners_all_members(digest.as_bytes(), replicas));
+            return Self::addrs_of(
+                &state,
+                &state.ring.owners_all_members(digest.as_bytes(), replicas),
+            );
         }
         Self::addrs_of(&state, &healthy)
     }
@@ -287,9 +290,15 @@ impl OriginCluster {
         let mut state = self.state();
         let next = build_state(&addrs, Some(&state))?;
         if next.addrs.len() != state.addrs.len()
-            || next.addrs.keys().any(|name| !state.addrs.contains_key(name))
+            || next
+                .addrs
+                .keys()
+                .any(|name| !state.addrs.contains_key(name))
         {
-            tracing::info!(members = next.addrs.len(), "origin cluster membership changed");
+            tracing::info!(
+                members = next.addrs.len(),
+                "origin cluster membership changed"
+            );
         }
         *state = next;
         Ok(())
@@ -400,10 +409,9 @@ mod tests {
 
     #[test]
     fn unresolvable_and_empty_configs_are_refused_by_name() {
-        let error = OriginCluster::resolve(ClusterConfig::new(vec![
-            "no-such-host.invalid:7200".into(),
-        ]))
-        .expect_err("refused");
+        let error =
+            OriginCluster::resolve(ClusterConfig::new(vec!["no-such-host.invalid:7200".into()]))
+                .expect_err("refused");
         assert!(error.contains("no-such-host.invalid:7200"), "{error}");
         let error = OriginCluster::resolve(ClusterConfig::new(Vec::new())).expect_err("refused");
         assert!(error.contains("at least one member"), "{error}");
@@ -419,7 +427,10 @@ mod tests {
             "127.0.0.1:7200".into(),
         ]))
         .expect("cluster");
-        assert!(c.members().contains(&"127.0.0.1:7200".parse().expect("addr")));
+        assert!(
+            c.members()
+                .contains(&"127.0.0.1:7200".parse().expect("addr"))
+        );
         let before = c.members();
         c.refresh().expect("refresh");
         assert_eq!(c.members(), before);

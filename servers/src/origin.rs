@@ -80,7 +80,8 @@ pub const REPAIR_PAGES_MAX: usize = 10_000;
 
 /// Header on the requests one origin makes to another while filling a blob: the other
 /// answers from its store only and never fills in turn, so a miss never recurses.
-pub const REPLICA_READ_HEADER: http::HeaderName = http::HeaderName::from_static("shoal-replica-read");
+pub const REPLICA_READ_HEADER: http::HeaderName =
+    http::HeaderName::from_static("shoal-replica-read");
 
 /// This origin's place in a cluster of origins.
 #[derive(Debug, Clone)]
@@ -360,7 +361,6 @@ impl Origin {
             .insert(CONTENT_DIGEST_HEADER, header_value(digest.to_string())?);
         Ok(response)
     }
-
 }
 
 impl OriginState {
@@ -553,9 +553,7 @@ async fn repair_pass(inner: &OriginState, membership: &Membership) -> usize {
                     tracing::warn!(origin = %member, "repair: listing holds a malformed digest");
                     continue;
                 };
-                if inner.engine.store().has_blob(&digest)
-                    || !cluster.is_home_owner(me, &digest)
-                {
+                if inner.engine.store().has_blob(&digest) || !cluster.is_home_owner(me, &digest) {
                     continue;
                 }
                 if inner.fill(digest, Some(member)).await {

@@ -14,8 +14,8 @@
 //!
 //! Every digest that comes back is checked: a manifest fetched by digest must hash to it.
 
-use std::net::SocketAddr;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -317,8 +317,7 @@ impl Registry {
         Fut: Future<Output = Result<(), RegistryError>>,
     {
         let owners = self.origins.owners(digest);
-        let results =
-            futures_util::future::join_all(owners.iter().map(|&addr| put(addr))).await;
+        let results = futures_util::future::join_all(owners.iter().map(|&addr| put(addr))).await;
         let mut stored = 0;
         let mut last_error = None;
         for (addr, result) in owners.iter().zip(results) {
@@ -390,7 +389,14 @@ impl Registry {
     ) -> Result<Option<Response<Incoming>>, RegistryError> {
         let path = format!("/internal/blobs/{digest}");
         let response = self
-            .call_at(addr, ORIGIN, Method::GET, &path, headers, ClientBody::empty())
+            .call_at(
+                addr,
+                ORIGIN,
+                Method::GET,
+                &path,
+                headers,
+                ClientBody::empty(),
+            )
             .await?;
         match response.status() {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {

@@ -31,9 +31,9 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use futures_util::future::{Either, select};
 use shoal_engine::EngineConfig;
+use shoal_servers::cluster::ClusterConfig;
 use shoal_servers::config::{DevFile, defaults};
 use shoal_servers::http::HttpConfig;
-use shoal_servers::cluster::ClusterConfig;
 use shoal_servers::origin::OriginConfig;
 
 use crate::proxy::ProxyConfig;

@@ -57,7 +57,9 @@ pub fn resolve(config: ClusterConfig) -> Result<OriginCluster, String> {
 /// serve), then starts the periodic health checks on the current runtime.
 pub async fn watch(cluster: &OriginCluster, client: &HttpClient, component: &str) {
     for (addr, why) in cluster.check_all(client).await {
-        eprintln!("shoal {component}: origin {addr} does not answer ({why}); carrying on without it");
+        eprintln!(
+            "shoal {component}: origin {addr} does not answer ({why}); carrying on without it"
+        );
     }
     cluster.spawn_health_checks(client.clone());
 }

@@ -4,16 +4,16 @@
 //! with SIGKILL, and a second image is pushed and pulled through every agent; then the
 //! killed origin comes back and catches up on the blobs it owns.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use shoal_perf::oci_layout::Layout;
+use shoal_perf::procs::{Proc, Scratch, Shoal};
 use shoal_proto::Digest;
 use shoal_servers::cluster::{ClusterConfig, OriginCluster};
-use shoal_perf::procs::{Proc, Scratch, Shoal};
 
 const WAIT: Duration = Duration::from_secs(120);
 const REPLICAS: usize = 2;
@@ -283,13 +283,19 @@ fn a_cluster_survives_losing_an_origin_and_a_tracker() {
     };
 
     // One push (through agent 0, forwarded to the proxy), pulled through all four agents.
-    skopeo_copy(&src("first"), &format!("docker://{}/cluster/app:first", agents[0]));
+    skopeo_copy(
+        &src("first"),
+        &format!("docker://{}/cluster/app:first", agents[0]),
+    );
     pull_everywhere("first", "1");
 
     // Lose one origin and one tracker, hard.
     cluster.proc("origin0").kill();
     cluster.proc("tracker0").kill();
-    skopeo_copy(&src("second"), &format!("docker://{}/cluster/app:second", agents[1]));
+    skopeo_copy(
+        &src("second"),
+        &format!("docker://{}/cluster/app:second", agents[1]),
+    );
     pull_everywhere("second", "2");
 
     // The origin comes back and catches up on the blobs it owns (its home share, the same
@@ -309,7 +315,10 @@ fn a_cluster_survives_losing_an_origin_and_a_tracker() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !owned.is_empty() && Instant::now() < deadline {
         owned.retain(|digest| {
-            curl_status(&["-I"], &format!("http://{origin0}/internal/blobs/{digest}")) != "200"
+            curl_status(
+                &["-I"],
+                &format!("http://{origin0}/internal/blobs/{digest}"),
+            ) != "200"
         });
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -119,7 +119,11 @@ fn the_shipped_proxy_config_parses_and_states_the_defaults() {
     let proxy = &file.proxy;
     assert_eq!(proxy.listen, Some(defaults::PROXY_LISTEN));
     assert_eq!(
-        (proxy.data_dir.as_ref(), proxy.origin.as_ref(), proxy.build_index),
+        (
+            proxy.data_dir.as_ref(),
+            proxy.origin.as_ref(),
+            proxy.build_index
+        ),
         (None, None, None)
     );
     assert_eq!(proxy.replicas, Some(crate::cluster::REPLICAS_DEFAULT));
