@@ -9,10 +9,11 @@
 //!   tags through [`registry::Registry`], pushes forwarded to the proxy, containerd mirror `ns`).
 //! - [`manifests`]: manifest reads, tag lists and the catalog, shared by the proxy and agent.
 //! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
-//!   GET) over one origin engine, which stores and seeds what is pushed.
-//! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
-//!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
-//!   later.
+//!   GET; `/internal/metainfo/<digest>`: GET) over one origin engine, which stores and seeds
+//!   what is pushed.
+//! - [`tracker`]: the tracker server, speaking the tracker protocol of
+//!   `shoal_proto::tracker_wire` over TCP, sharded by info hash and digest over one compio
+//!   runtime per shard; metainfo it lacks is fetched from the origins and cached.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk), manifest reference parsing, and its internal HTTP API
 //!   (`build_index::server::BuildIndex`).
