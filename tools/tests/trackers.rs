@@ -34,8 +34,14 @@ fn shoal() -> Shoal {
 /// Starts `shoal ARGS…` and returns it with the address it printed after `prefix`.
 fn start(scratch: &Scratch, name: &str, args: &[&str], prefix: &str) -> (Proc, String) {
     let stderr = scratch.path(&format!("{name}.stderr"));
-    let mut proc =
-        Proc::start(name, &shoal_binary(), args, &[("SHOAL_LOG", "info")], stderr).unwrap();
+    let mut proc = Proc::start(
+        name,
+        &shoal_binary(),
+        args,
+        &[("SHOAL_LOG", "info")],
+        stderr,
+    )
+    .unwrap();
     let line = proc.line_starting(prefix, WAIT_MAX).unwrap();
     (proc, line.rsplit(' ').next().unwrap().to_owned())
 }
@@ -81,7 +87,15 @@ fn start_origin(scratch: &Scratch, trackers: &[&str]) -> (Proc, String) {
 /// `curl` PUTs `file` to the origin as blob `digest`.
 fn put_blob(origin: &str, digest: &str, file: &Path) {
     let output = Command::new("curl")
-        .args(["-s", "--max-time", "60", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-s",
+            "--max-time",
+            "60",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .args(["-X", "PUT", "--data-binary"])
         .arg(format!("@{}", file.display()))
         .arg(format!("http://{origin}/internal/blobs/{digest}"))
@@ -185,7 +199,10 @@ fn origin_serves_metainfo_and_a_tracker_it_never_announced_to_fetches_it() {
 
     // A second tracker, which the origin never talked to, serves it from the origin.
     let (mut fresh, fresh_addr) = start_tracker(&scratch, "fresh", "127.0.0.1:0", &[&origin]);
-    assert_eq!(get_metainfo(&[&fresh_addr], &digest), Some(metainfo.clone()));
+    assert_eq!(
+        get_metainfo(&[&fresh_addr], &digest),
+        Some(metainfo.clone())
+    );
     assert_eq!(get_metainfo(&[&fresh_addr], &unknown), None);
 
     // Killed with SIGKILL and restarted on the same port, empty: it fetches again.
@@ -214,7 +231,10 @@ fn with_one_of_two_trackers_killed_a_download_completes() {
     put_blob(&origin, &digest, &file);
 
     // Kill the tracker the ring asks first for this blob: every peer must fail over.
-    let trackers: Vec<SocketAddr> = [&a_addr, &b_addr].iter().map(|t| t.parse().unwrap()).collect();
+    let trackers: Vec<SocketAddr> = [&a_addr, &b_addr]
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
     let client = TrackerClient::new(TrackerClientConfig {
         trackers,
         ..TrackerClientConfig::default()
@@ -228,7 +248,13 @@ fn with_one_of_two_trackers_killed_a_download_completes() {
     let out = out.to_string_lossy().into_owned();
     let second = if first == a_addr { &b_addr } else { &a_addr };
     let mut getter = shoal()
-        .getter("getter", &scratch, &first, &digest, &["--tracker", second, "--out", &out])
+        .getter(
+            "getter",
+            &scratch,
+            &first,
+            &digest,
+            &["--tracker", second, "--out", &out],
+        )
         .unwrap();
     let done = shoal().completion(&mut getter).unwrap();
     assert_eq!(done["digest"], digest.as_str());

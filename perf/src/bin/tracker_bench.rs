@@ -255,7 +255,7 @@ async fn client_loop(
             peer_id: PeerId::from_u64(client),
             port: 10_000 + u16::try_from(client % 50_000).unwrap_or(0),
             is_origin: false,
-            is_complete: client % 2 == 0,
+            is_complete: client.is_multiple_of(2),
         });
         frame.clear();
         tracker_wire::encode_request(&request, &mut frame);
