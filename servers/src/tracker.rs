@@ -191,27 +191,40 @@ impl TrackerServerConfig {
     }
 }
 
-/// Binds `shards` listeners on `listen` (`SO_REUSEPORT`; the first fixes the port when it is
-/// 0). Errors name the address.
+/// Binds `shards` listeners on `listen` (`SO_REUSEPORT`). Errors name the address.
+///
+/// `SO_REUSEPORT` would let a second tracker (of the same user) join the port of one already
+/// running and take half its connections, so the port is first probed with a socket
+/// without it, which fails (`EADDRINUSE`) if anything listens there; port 0 is resolved by
+/// that probe too.
 pub fn bind(listen: SocketAddr, shards: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let named =
         |error: io::Error| io::Error::new(error.kind(), format!("listening on {listen}: {error}"));
-    let mut listeners = Vec::with_capacity(shards);
-    let mut addr = listen;
-    for _ in 0..shards {
+    let socket = |reuse_port: bool| -> io::Result<socket2::Socket> {
         let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
+            socket2::Domain::for_address(listen),
             socket2::Type::STREAM,
             None,
-        )
-        .map_err(named)?;
-        socket.set_reuse_port(true).map_err(named)?;
-        socket.set_reuse_address(true).map_err(named)?;
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(reuse_port)?;
+        Ok(socket)
+    };
+    let addr = {
+        let probe = socket(false).map_err(named)?;
+        probe.bind(&listen.into()).map_err(named)?;
+        probe
+            .local_addr()
+            .map_err(named)?
+            .as_socket()
+            .ok_or_else(|| named(io::Error::other("not an IP address")))?
+    };
+    let mut listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let socket = socket(true).map_err(named)?;
         socket.bind(&addr.into()).map_err(named)?;
         socket.listen(LISTEN_BACKLOG).map_err(named)?;
-        let listener = std::net::TcpListener::from(socket);
-        addr = listener.local_addr().map_err(named)?;
-        listeners.push(listener);
+        listeners.push(std::net::TcpListener::from(socket));
     }
     Ok(listeners)
 }

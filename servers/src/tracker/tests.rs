@@ -414,6 +414,21 @@ fn bad_sharding_configs_are_refused() {
 }
 
 #[test]
+fn a_second_tracker_cannot_share_a_port_in_use() {
+    let first = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let addr = first[0].local_addr().unwrap();
+    assert_eq!(first[1].local_addr().unwrap(), addr);
+    let error = bind(addr, 2).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+    assert!(
+        error.to_string().contains(&format!("listening on {addr}")),
+        "{error}"
+    );
+    drop(first);
+    assert_eq!(bind(addr, 1).unwrap()[0].local_addr().unwrap(), addr);
+}
+
+#[test]
 fn each_shard_keeps_its_share_of_metainfo_and_at_least_one_largest() {
     let config = TrackerServerConfig {
         shards: 4,
