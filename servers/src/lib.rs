@@ -12,10 +12,11 @@
 //! - [`cluster`]: the origins as a rendezvous-hash ring (owners per digest, read order,
 //!   health checks, DNS refresh), shared by every client of the origins.
 //! - [`origin`]: the origin's internal blob API (`/internal/blobs/<digest>`: PUT, HEAD,
-//!   GET) over one origin engine, which stores and seeds what is pushed.
-//! - [`tracker`]: a minimal tracker server (one compio runtime, one thread) speaking the
-//!   tracker protocol of `shoal_proto::tracker_wire` over TCP. The sharded tracker comes
-//!   later.
+//!   GET; `/internal/metainfo/<digest>`: GET) over one origin engine, which stores and seeds
+//!   what is pushed.
+//! - [`tracker`]: the tracker server, speaking the tracker protocol of
+//!   `shoal_proto::tracker_wire` over TCP, sharded by info hash and digest over one compio
+//!   runtime per shard; metainfo it lacks is fetched from the origins and cached.
 //! - [`build_index`]: the build-index's tag store (persistent, versioned tag → digest map
 //!   on local disk, plus each repository's manifests and referrers), manifest reference
 //!   parsing, and its internal HTTP API

@@ -20,6 +20,9 @@
 //!   `store().has_blob` first and never fetches from the swarm for these requests (a blob
 //!   evicted between that check and the open could still be fetched: origins do not evict
 //!   today).
+//! - `GET /internal/metainfo/<digest>`: the canonical encoding of a stored blob's metainfo
+//!   (its sidecar, `application/octet-stream`), 404 `BLOB_UNKNOWN` if the blob is not
+//!   stored. Trackers fetch it on a miss (metainfo is immutable, so they cache it).
 //! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
 //!   methods, 400 `DIGEST_INVALID` for a malformed digest.
 //!
@@ -56,6 +59,9 @@ use crate::uploads::disk::Hasher;
 
 /// The prefix of every blob path.
 pub const BLOBS_PATH: &str = "/internal/blobs/";
+
+/// The prefix of every metainfo path.
+pub const METAINFO_PATH: &str = "/internal/metainfo/";
 
 /// Directory under the store's root where bodies are received before ingestion. The
 /// engine's store only looks at its own `blobs/` and `downloads/`.
@@ -246,6 +252,13 @@ impl Origin {
                 Ok(method_not_allowed(method, "GET"))
             };
         }
+        if let Some(digest) = path.strip_prefix(METAINFO_PATH) {
+            let digest = parse_digest(digest)?;
+            if parts.method != Method::GET {
+                return Ok(method_not_allowed(&parts.method, "GET"));
+            }
+            return self.metainfo(&digest).await;
+        }
         let Some(digest) = path.strip_prefix(BLOBS_PATH) else {
             return Err(OciError::new(
                 ErrorCode::NameUnknown,
@@ -314,6 +327,23 @@ impl Origin {
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
+        );
+        Ok(response)
+    }
+
+    /// The stored metainfo sidecar of `digest`, canonically encoded.
+    async fn metainfo(&self, digest: &Digest) -> Result<Response<LocalBody>, OciError> {
+        let metainfo = self
+            .engine
+            .store()
+            .blob_metainfo(digest)
+            .await
+            .map_err(|e| OciError::new(ErrorCode::Unknown, e.to_string()))?
+            .ok_or_else(|| blob_unknown(digest))?;
+        let mut response = Response::new(LocalBody::full(metainfo.encode()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
         );
         Ok(response)
     }

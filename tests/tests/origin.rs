@@ -166,6 +166,7 @@ fn refused_puts_keep_nothing() {
         "refused",
         OriginConfig {
             blob_bytes_max: 1 << 20,
+            ..OriginConfig::default()
         },
     );
     let blob = bytes(100_000, 2);

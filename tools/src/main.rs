@@ -75,8 +75,8 @@ enum Command {
     /// Run one engine as a standalone peer: seed files, or fetch a blob through the swarm.
     #[command(subcommand)]
     Peer(peer::PeerCommand),
-    /// Run a minimal tracker (one thread; every other setting at its default). Prints
-    /// `tracker listening on ADDR` once it accepts connections.
+    /// Run a tracker (one shard per core unless `shards` says otherwise; `origins` to fetch
+    /// metainfo from). Prints `tracker listening on ADDR` once it accepts connections.
     Tracker {
         /// A config file (`configs/tracker.toml` documents every key); flags override it.
         #[arg(long)]

@@ -1,6 +1,7 @@
-//! `shoal tracker`: a minimal tracker (one thread). Its settings come from `--config FILE`
-//! (`configs/tracker.toml` documents every key) and the command line, which wins. It keeps
-//! nothing on disk, so stopping it at any point loses nothing.
+//! `shoal tracker`: the sharded tracker (one thread and runtime per shard). Its settings come
+//! from `--config FILE` (`configs/tracker.toml` documents every key) and the command line,
+//! which wins. It keeps nothing on disk (metainfo it lacks comes back from the origins), so
+//! stopping it at any point loses nothing.
 
 use std::hash::BuildHasher;
 use std::net::SocketAddr;
@@ -30,8 +31,8 @@ pub fn run(config_file: Option<&Path>, listen: Option<SocketAddr>) -> Result<(),
     )
 }
 
-/// Serves the tracker protocol on `config.listen`: binds, calls `ready`, serves. `shoal
-/// tracker` and `shoal dev` run it.
+/// Serves the tracker protocol on `config.listen`: binds one listener per shard, calls
+/// `ready`, serves. `shoal tracker` and `shoal dev` run it.
 pub async fn serve(
     config: TrackerServerConfig,
     ready: impl FnOnce(SocketAddr),
@@ -40,9 +41,13 @@ pub async fn serve(
     let listen = config.listen;
     // A random seed for the handout samples (std's hasher keys come from the OS).
     let seed = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    let (listener, bound) = serve::bind(listen).await?;
+    let listeners = tracker::bind(listen, config.shards).map_err(|e| e.to_string())?;
+    let bound = listeners
+        .first()
+        .and_then(|listener| listener.local_addr().ok())
+        .ok_or_else(|| format!("listening on {listen}: no address"))?;
     ready(bound);
-    tracker::serve(listener, config, seed)
+    tracker::serve_sharded(listeners, config, seed)
         .await
         .map_err(|e| format!("tracker: {e}"))
 }

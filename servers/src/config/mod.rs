@@ -503,6 +503,8 @@ pub struct TrackerFile {
 #[serde(deny_unknown_fields, default)]
 pub struct TrackerSection {
     pub listen: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub origins: Option<Vec<SocketAddr>>,
     pub announce_interval: Option<Span>,
     pub announce_interval_fast: Option<Span>,
     pub peer_ttl: Option<Span>,
@@ -520,6 +522,12 @@ impl TrackerSection {
     pub fn apply(&self, config: &mut TrackerServerConfig) -> Result<(), String> {
         if let Some(listen) = self.listen {
             config.listen = listen;
+        }
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        if let Some(origins) = &self.origins {
+            config.origins = origins.clone();
         }
         let policy = &mut config.tracker;
         for (value, target) in [

@@ -305,3 +305,48 @@ fn a_missing_file_is_a_read_error_naming_it() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn tracker_shards_and_origins_reach_the_server_config() {
+    let file: TrackerFile = parse(
+        Path::new("tracker.toml"),
+        "[tracker]\nshards = 3\norigins = [\"127.0.0.1:7200\", \"127.0.0.2:7200\"]\n",
+    )
+    .unwrap();
+    let mut config = TrackerServerConfig::default();
+    file.tracker.apply(&mut config).unwrap();
+    assert_eq!(config.shards, 3);
+    assert_eq!(
+        config.origins,
+        vec![
+            "127.0.0.1:7200".parse().unwrap(),
+            "127.0.0.2:7200".parse().unwrap()
+        ]
+    );
+    for (text, fragment) in [
+        ("[tracker]\nshards = 0\n", "shards must be 1 to 256, not 0"),
+        (
+            "[tracker]\norigins = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n",
+            "origins lists 127.0.0.1:1 twice",
+        ),
+    ] {
+        let file: TrackerFile = parse(Path::new("tracker.toml"), text).unwrap();
+        let error = file
+            .tracker
+            .apply(&mut TrackerServerConfig::default())
+            .unwrap_err();
+        assert!(error.contains(fragment), "{error}");
+    }
+    for (text, key) in [
+        ("[tracker]\norigin = [\"127.0.0.1:1\"]\n", "origin"),
+        ("[tracker]\norigins = [\"not an address\"]\n", "origins"),
+        ("[tracker]\nshards = \"many\"\n", "shards"),
+    ] {
+        match parse::<TrackerFile>(Path::new("tracker.toml"), text) {
+            Err(ConfigError::Parse { message, .. }) => {
+                assert!(message.contains(key), "{message:?} does not name {key}");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+}

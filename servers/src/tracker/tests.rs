@@ -8,6 +8,7 @@ use compio::io::AsyncWrite;
 use compio::net::{TcpListener, TcpStream};
 use shoal_engine::tracker::{FrameError, FrameReader, write_frame};
 use shoal_proto::metainfo::{Metainfo, MetainfoParams};
+use shoal_proto::tracker::PeerInfo;
 use shoal_proto::tracker_wire::{self, Announce, ErrorCode, Request, Response};
 use shoal_proto::{Digest, InfoHash, PeerId};
 
@@ -19,12 +20,22 @@ fn run<F: Future>(body: F) -> F::Output {
         .block_on(body)
 }
 
-/// Starts a server with `config` on an ephemeral loopback port; returns its address.
+/// Starts a server with `config` but two shards (whatever the machine's cores) on an
+/// ephemeral loopback port; returns its address. The server (and its other shard's thread)
+/// stops when the test's runtime ends.
 async fn start(config: TrackerServerConfig) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    start_sharded(TrackerServerConfig {
+        shards: 2,
+        ..config
+    })
+}
+
+/// Starts a server with `config` (its shard count) on an ephemeral loopback port.
+fn start_sharded(config: TrackerServerConfig) -> SocketAddr {
+    let listeners = bind("127.0.0.1:0".parse().unwrap(), config.shards).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
     compio::runtime::spawn(async move {
-        serve(listener, config, 7).await.unwrap();
+        serve_sharded(listeners, config, 7).await.unwrap();
     })
     .detach();
     addr
@@ -360,6 +371,82 @@ fn bad_configs_are_refused() {
 }
 
 #[test]
+fn bad_sharding_configs_are_refused() {
+    for (config, fragment) in [
+        (
+            TrackerServerConfig {
+                shards: 0,
+                ..TrackerServerConfig::default()
+            },
+            "shards must be 1 to 256, not 0",
+        ),
+        (
+            TrackerServerConfig {
+                shards: SHARDS_MAX + 1,
+                ..TrackerServerConfig::default()
+            },
+            "not 257",
+        ),
+        (
+            TrackerServerConfig {
+                origins: vec!["127.0.0.1:1".parse().unwrap(); 2],
+                ..TrackerServerConfig::default()
+            },
+            "origins lists 127.0.0.1:1 twice",
+        ),
+    ] {
+        let error = config.validate().unwrap_err();
+        assert!(error.contains(fragment), "{error}");
+    }
+    run(async {
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let config = TrackerServerConfig {
+            shards: 2,
+            ..TrackerServerConfig::default()
+        };
+        let error = serve_sharded(listeners, config, 1).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            error.to_string().contains("1 listeners for 2 shards"),
+            "{error}"
+        );
+    });
+}
+
+#[test]
+fn a_second_tracker_cannot_share_a_port_in_use() {
+    let first = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let addr = first[0].local_addr().unwrap();
+    assert_eq!(first[1].local_addr().unwrap(), addr);
+    let error = bind(addr, 2).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse);
+    assert!(
+        error.to_string().contains(&format!("listening on {addr}")),
+        "{error}"
+    );
+    drop(first);
+    assert_eq!(bind(addr, 1).unwrap()[0].local_addr().unwrap(), addr);
+}
+
+#[test]
+fn each_shard_keeps_its_share_of_metainfo_and_at_least_one_largest() {
+    let config = TrackerServerConfig {
+        shards: 4,
+        metainfo_max: 10,
+        metainfo_bytes_max: 1 << 30,
+        ..TrackerServerConfig::default()
+    };
+    assert_eq!(config.metainfo_max_per_shard(), 3);
+    assert_eq!(config.metainfo_bytes_max_per_shard(), 1 << 28);
+    let config = TrackerServerConfig {
+        shards: 64,
+        ..config
+    };
+    assert_eq!(config.metainfo_max_per_shard(), 1);
+    assert_eq!(config.metainfo_bytes_max_per_shard(), METAINFO_LEN_MAX);
+}
+
+#[test]
 fn metainfo_store_evicts_oldest_by_count_and_bytes() {
     let d = |n: u8| Digest::Sha256([n; 32]);
     let mut store = MetainfoStore::new(2, 10);
@@ -380,3 +467,5 @@ fn metainfo_store_evicts_oldest_by_count_and_bytes() {
     assert_eq!(store.bytes, 10);
     assert_eq!(store.by_age.len(), 1);
 }
+
+mod shards;

@@ -1,0 +1,201 @@
+//! Metainfo from the origins: on a miss the owner shard asks the origins' internal API
+//! (`GET /internal/metainfo/<digest>`), in the order of the hash ring over their addresses
+//! (the blob's owners first), and believes only a metainfo that decodes and describes the
+//! digest asked for.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{HeaderMap, Method, StatusCode};
+use shoal_proto::Digest;
+use shoal_proto::metainfo::{Metainfo, MetainfoError};
+use shoal_proto::ring::{HashRing, RingError};
+use shoal_proto::tracker_wire::METAINFO_LEN_MAX;
+
+use crate::http::client::{ClientBody, ClientConfig, ClientError, HttpClient};
+
+/// The origin API's metainfo path prefix (`servers::origin` serves it).
+pub use crate::origin::METAINFO_PATH;
+
+/// Bound on connecting to one origin.
+pub const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Bound on one origin's response head, and on reading its body.
+pub const ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why one origin gave no usable metainfo.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginAttemptError {
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    #[error("answered {0}")]
+    Status(StatusCode),
+    #[error("undecodable metainfo: {0}")]
+    BadMetainfo(MetainfoError),
+    #[error("answered with the metainfo of another blob, {0}")]
+    WrongDigest(Box<Digest>),
+}
+
+impl OriginAttemptError {
+    /// A few words, for the tracker protocol's short error message (the log has the rest).
+    fn brief(&self) -> String {
+        match self {
+            OriginAttemptError::Client(ClientError::Connect { source, .. }) => {
+                format!("connect: {source}")
+            }
+            OriginAttemptError::Client(ClientError::Timeout { what, after, .. }) => {
+                format!("{what} timed out after {after:?}")
+            }
+            OriginAttemptError::Client(ClientError::BodyTooLarge { .. }) => {
+                "metainfo too large".to_owned()
+            }
+            OriginAttemptError::Client(_) => "HTTP exchange failed".to_owned(),
+            OriginAttemptError::Status(status) => format!("answered {status}"),
+            OriginAttemptError::BadMetainfo(_) => "undecodable metainfo".to_owned(),
+            OriginAttemptError::WrongDigest(_) => "metainfo of another blob".to_owned(),
+        }
+    }
+}
+
+/// Every origin tried failed (none answered that it lacks the blob, none gave it).
+#[derive(Debug)]
+pub struct OriginsFailed {
+    pub digest: Digest,
+    pub attempts: Vec<(SocketAddr, OriginAttemptError)>,
+}
+
+impl OriginsFailed {
+    /// Each origin and why in a few words: what the tracker answers (its error messages are
+    /// at most 256 bytes; the digest is the one asked for).
+    pub fn brief(&self) -> String {
+        let reasons: Vec<String> = self
+            .attempts
+            .iter()
+            .map(|(origin, error)| format!("{origin}: {}", error.brief()))
+            .collect();
+        format!("no origin gave the metainfo: {}", reasons.join("; "))
+    }
+}
+
+impl fmt::Display for OriginsFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "metainfo of {} from the origins: ", self.digest)?;
+        if self.attempts.is_empty() {
+            return f.write_str("no origin configured");
+        }
+        for (i, (origin, error)) in self.attempts.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{origin}: {error}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The origins one shard fetches metainfo from (one per shard: the HTTP client is `!Send`).
+#[derive(Debug)]
+pub(crate) struct Origins {
+    addrs: Vec<SocketAddr>,
+    /// Members are `addrs` as strings.
+    ring: HashRing,
+    client: HttpClient,
+}
+
+impl Origins {
+    /// `None` without origins (misses are then simply not found).
+    pub(crate) fn new(addrs: &[SocketAddr]) -> Result<Option<Origins>, RingError> {
+        if addrs.is_empty() {
+            return Ok(None);
+        }
+        let ring = HashRing::new(addrs.iter().map(SocketAddr::to_string))?;
+        let client = HttpClient::new(ClientConfig {
+            connect_timeout: ORIGIN_CONNECT_TIMEOUT,
+            response_timeout: ORIGIN_RESPONSE_TIMEOUT,
+            ..ClientConfig::default()
+        });
+        Ok(Some(Origins {
+            addrs: addrs.to_vec(),
+            ring,
+            client,
+        }))
+    }
+
+    /// Every origin, in the order a fetch of `digest` tries them.
+    pub(crate) fn order(&self, digest: &Digest) -> Vec<SocketAddr> {
+        self.ring
+            .owners_all_members(digest.as_bytes(), self.addrs.len())
+            .into_iter()
+            .filter_map(|name| {
+                self.addrs
+                    .iter()
+                    .find(|addr| addr.to_string() == name)
+                    .copied()
+            })
+            .collect()
+    }
+
+    /// The checked encoding of `digest`'s metainfo from the first origin that has it.
+    /// `Ok(None)` when no origin had it and at least one said so (404); an error when every
+    /// origin failed otherwise (unreachable, timed out, garbage, another blob's metainfo).
+    pub(crate) async fn fetch(&self, digest: &Digest) -> Result<Option<Vec<u8>>, OriginsFailed> {
+        let mut attempts = Vec::new();
+        let mut not_found = false;
+        for origin in self.order(digest) {
+            match self.fetch_one(origin, digest).await {
+                Ok(Some(bytes)) => return Ok(Some(bytes)),
+                Ok(None) => not_found = true,
+                Err(error) => {
+                    tracing::debug!(%origin, %digest, %error, "origin gave no metainfo");
+                    attempts.push((origin, error));
+                }
+            }
+        }
+        if not_found {
+            return Ok(None);
+        }
+        Err(OriginsFailed {
+            digest: *digest,
+            attempts,
+        })
+    }
+
+    async fn fetch_one(
+        &self,
+        origin: SocketAddr,
+        digest: &Digest,
+    ) -> Result<Option<Vec<u8>>, OriginAttemptError> {
+        let path = format!("{METAINFO_PATH}{digest}");
+        let response = self
+            .client
+            .request(
+                Method::GET,
+                origin,
+                &path,
+                HeaderMap::new(),
+                ClientBody::empty(),
+            )
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(OriginAttemptError::Status(status)),
+        }
+        let bytes = self
+            .client
+            .read_body(response.into_body(), METAINFO_LEN_MAX)
+            .await?;
+        check(digest, &bytes)?;
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// A metainfo is believed only if it decodes and names the digest asked for.
+fn check(asked: &Digest, bytes: &[u8]) -> Result<(), OriginAttemptError> {
+    let metainfo = Metainfo::decode(bytes).map_err(OriginAttemptError::BadMetainfo)?;
+    if metainfo.digest() != *asked {
+        return Err(OriginAttemptError::WrongDigest(Box::new(metainfo.digest())));
+    }
+    Ok(())
+}
