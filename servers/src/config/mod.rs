@@ -7,6 +7,7 @@
 //! `[engine.store]`) and [`HttpSection`] (`[http]`). Values take human units ([`units`]):
 //! sizes `"16MiB"`, rates `"100MB/s"` or `"1Gbit/s"`, durations `"2s"`, `"24h"`.
 
+pub mod backends;
 pub mod units;
 
 use std::net::SocketAddr;
