@@ -167,6 +167,19 @@ fn content_range(headers: &header::HeaderMap) -> Option<(u64, u64, Option<u64>)>
     Some((start.parse().ok()?, end.parse().ok()?, total))
 }
 
+/// The `Content-Length` a response declares (reqwest's `content_length` is the body's size,
+/// which is 0 for a `HEAD`).
+pub(crate) fn declared_len(response: &reqwest::Response) -> Option<u64> {
+    response
+        .headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// The `Range` header value for `range` (non-empty).
 pub(crate) fn range_header(range: &Range<u64>) -> String {
     format!("bytes={}-{}", range.start, range.end - 1)
@@ -202,7 +215,7 @@ pub(crate) fn body_of(
             (0, len, whole)
         }
         StatusCode::OK => {
-            let Some(total) = response.content_length() else {
+            let Some(total) = declared_len(&response) else {
                 return Err(BackendError::unavailable(format!(
                     "{what}: the response has no Content-Length"
                 )));
@@ -360,7 +373,7 @@ impl Backend for HttpBackend {
                 match response.status() {
                     StatusCode::NOT_FOUND => Ok(None),
                     status if status.is_success() => {
-                        response.content_length().map(Some).ok_or_else(|| {
+                        declared_len(&response).map(Some).ok_or_else(|| {
                             BackendError::unavailable(format!("{what}: no Content-Length"))
                         })
                     }

@@ -47,10 +47,16 @@ pub const PART_BYTES: usize = 16 << 20;
 /// `(PARTS_IN_FLIGHT + 1) * PART_BYTES`.
 pub const PARTS_IN_FLIGHT: usize = 2;
 
-#[derive(Debug)]
 pub struct ObjectBackend {
     store: Arc<dyn ObjectStore>,
     describe: String,
+}
+
+/// Only the description: the store's own `Debug` would show its credentials.
+impl std::fmt::Debug for ObjectBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectBackend({})", self.describe)
+    }
 }
 
 fn config_error(describe: &str, e: impl std::fmt::Display) -> BackendError {

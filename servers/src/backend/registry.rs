@@ -30,7 +30,7 @@ use sha2::Digest as _;
 use shoal_proto::types::Digest;
 
 use super::http::{
-    base_url, body_of, client, range_header, read_bounded, send_error, status_error,
+    base_url, body_of, client, declared_len, range_header, read_bounded, send_error, status_error,
 };
 use super::{
     Backend, BackendError, BackendFuture, ByteStream, Entry, ErrorKind, Key, Page, PageRequest,
@@ -447,7 +447,7 @@ impl Backend for RegistryBackend {
                         match response.status() {
                             StatusCode::NOT_FOUND => Ok(None),
                             status if status.is_success() => {
-                                response.content_length().map(Some).ok_or_else(|| {
+                                declared_len(&response).map(Some).ok_or_else(|| {
                                     BackendError::unavailable(format!("{what}: no Content-Length"))
                                 })
                             }

@@ -283,3 +283,138 @@ impl HttpConfig {
         tuning(self.connect_timeout, self.read_timeout, None, None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::backend::Backends;
+    use crate::config::{ConfigError, load, parse};
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/backends.toml")
+    }
+
+    #[test]
+    fn the_shipped_example_parses_with_every_kind() {
+        let file: BackendsFile = load(&shipped()).unwrap();
+        let kinds: Vec<&str> = file.backend.iter().map(BackendEntry::kind_name).collect();
+        assert_eq!(kinds, ["s3", "gcs", "azure", "registry", "http", "local"]);
+        let BackendEntry::S3(s3) = &file.backend[0] else {
+            panic!("first entry is s3")
+        };
+        assert_eq!(s3.tuning().unwrap(), RemoteTuning::default());
+        assert_eq!(s3.bucket, "shoal-blobs");
+        assert_eq!(
+            s3.secret_access_key.as_ref().unwrap().expose(),
+            "example-secret"
+        );
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let text = r#"
+            [[backend]]
+            namespace = "**"
+            kind = "s3"
+            bucket = "b"
+            endpoint = "http://127.0.0.1:1"
+            allow_http = true
+            access_key_id = "KEYID-SECRET-1"
+            secret_access_key = "SECRET-2"
+            session_token = "SECRET-3"
+
+            [[backend]]
+            namespace = "**"
+            kind = "registry"
+            url = "http://127.0.0.1:1"
+            username = "robot"
+            password = "SECRET-4"
+        "#;
+        let file: BackendsFile = parse(Path::new("b.toml"), text).unwrap();
+        let printed = format!("{file:?} {file:#?}");
+        let backends = Backends::build(&file).unwrap();
+        let printed = format!("{printed} {backends:?} {backends:#?}");
+        for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4"] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+        assert!(printed.contains("<redacted>"));
+    }
+
+    fn parse_error(text: &str) -> String {
+        match parse::<BackendsFile>(Path::new("/etc/shoal/b.toml"), text) {
+            Err(ConfigError::Parse { path, message }) => {
+                assert_eq!(path, Path::new("/etc/shoal/b.toml"));
+                format!("{path:?}: {message}")
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let cases = [
+            ("[[backend]]\nnamespace = \"**\"\nkind = \"s4\"\n", "s4"),
+            ("[[backend]]\nnamespace = \"**\"\n", "kind"),
+            (
+                "[[backend]]\nnamespace = \"**\"\nkind = \"s3\"\nregion = \"x\"\n",
+                "bucket",
+            ),
+            (
+                "[[backend]]\nnamespace = \"**\"\nkind = \"s3\"\nbucket = \"b\"\nbuckett = \"c\"\n",
+                "buckett",
+            ),
+            (
+                "[[backend]]\nnamespace = \"**\"\nkind = \"local\"\nroot = \"/x\"\nallow_http = true\n",
+                "allow_http",
+            ),
+            (
+                "[[backend]]\nkind = \"local\"\nroot = \"/x\"\n",
+                "namespace",
+            ),
+            ("[[backends]]\nkind = \"local\"\n", "backends"),
+            (
+                "[[backend]]\nnamespace = \"**\"\nkind = \"registry\"\nurl = \"http://x\"\nread_timeout = \"fast\"\n",
+                "fast",
+            ),
+        ];
+        for (text, named) in cases {
+            let message = parse_error(text);
+            assert!(message.contains(named), "{named:?} not in {message}");
+            assert!(message.contains("b.toml"), "{message}");
+        }
+    }
+
+    #[test]
+    fn unusable_values_are_named_at_build() {
+        let build_error = |text: &str| {
+            let file: BackendsFile = parse(Path::new("b.toml"), text).unwrap();
+            Backends::build(&file).unwrap_err().to_string()
+        };
+        let message = build_error(
+            "[[backend]]\nnamespace = \"**\"\nkind = \"registry\"\nurl = \"ftp://x\"\n",
+        );
+        assert!(
+            message.contains("backend[0]") && message.contains("ftp://x"),
+            "{message}"
+        );
+        let message =
+            build_error("[[backend]]\nnamespace = \"\"\nkind = \"local\"\nroot = \"/tmp/x\"\n");
+        assert!(message.contains("namespace pattern is empty"), "{message}");
+        let message = build_error(
+            "[[backend]]\nnamespace = \"**\"\nkind = \"s3\"\nbucket = \"b\"\nretries_max = 99\n",
+        );
+        assert!(message.contains("retries_max = 99"), "{message}");
+        let message = build_error(
+            "[[backend]]\nnamespace = \"**\"\nkind = \"registry\"\nurl = \"http://x\"\nusername = \"u\"\n",
+        );
+        assert!(message.contains("username and password"), "{message}");
+        let message = build_error(
+            "[[backend]]\nnamespace = \"**\"\nkind = \"registry\"\nurl = \"http://x\"\nusername = \"u\"\npassword_env = \"SHOAL_TEST_UNSET_VARIABLE\"\n",
+        );
+        assert!(message.contains("SHOAL_TEST_UNSET_VARIABLE"), "{message}");
+    }
+}
