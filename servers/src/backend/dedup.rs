@@ -67,12 +67,11 @@ impl<T: Clone> Drop for Landing<'_, T> {
 }
 
 impl<T: Clone> Flights<T> {
-    /// At most `keys_max` keys in flight at once.
+    /// At most `keys_max` keys in flight at once (at least one).
     pub fn new(keys_max: usize) -> Flights<T> {
-        assert!(keys_max > 0, "keys_max must be at least 1");
         Flights {
             inflight: Mutex::new(HashMap::new()),
-            keys_max,
+            keys_max: keys_max.max(1),
         }
     }
 

@@ -400,7 +400,8 @@ struct Route {
 }
 
 impl Backends {
-    /// Builds every backend of `file` (no I/O yet; see [`Backends::check`]). A pattern or
+    /// Builds every backend of `file` (no network I/O yet; see [`Backends::check`]; a local
+    /// root is created). A pattern or
     /// a backend that cannot be built is an error naming its entry.
     pub fn build(file: &BackendsFile) -> Result<Backends, BackendError> {
         let mut routes = Vec::with_capacity(file.backend.len());

@@ -80,20 +80,24 @@ impl Pattern {
             let mut next = vec![false; n + 1];
             match token {
                 Token::Literal(c) => {
-                    for i in 0..n {
-                        next[i + 1] = reachable[i] && name[i] == *c;
+                    for (i, ch) in name.iter().enumerate() {
+                        next[i + 1] = reachable[i] && ch == c;
                     }
                 }
                 Token::One => {
-                    for i in 0..n {
-                        next[i + 1] = reachable[i] && name[i] != '/';
+                    for (i, ch) in name.iter().enumerate() {
+                        next[i + 1] = reachable[i] && *ch != '/';
                     }
                 }
                 Token::Segment | Token::Any => {
                     let crosses = matches!(token, Token::Any);
-                    for i in 0..=n {
-                        next[i] = reachable[i]
-                            || (i > 0 && next[i - 1] && (crosses || name[i - 1] != '/'));
+                    // next[i]: the token matched empty at i, or grew the run that reached
+                    // i - 1 by name[i - 1].
+                    let mut run = false;
+                    for (i, slot) in next.iter_mut().enumerate() {
+                        let grows = i > 0 && run && (crosses || name[i - 1] != '/');
+                        run = reachable[i] || grows;
+                        *slot = run;
                     }
                 }
             }

@@ -72,7 +72,7 @@ fn keys_follow_the_layout_and_refuse_escapes() {
     let digest = digest_of(b"x");
     let key = Key::blob("library/alpine", &digest).unwrap();
     assert_eq!(key.path(), format!("blobs/sha256/{}", digest.encoded()));
-    assert_eq!(key.as_blob(), Some(digest.clone()));
+    assert_eq!(key.as_blob(), Some(digest));
     let tag = Key::tag("library/alpine", "3.20").unwrap();
     assert_eq!(tag.path(), "tags/library/alpine/3.20");
     assert_eq!(tag.as_tag(), Some(("library/alpine", "3.20")));
