@@ -4,7 +4,7 @@
 //! unreachable endpoint fail the start-up check by name; with the server down a put fails
 //! cleanly and the write-back queue delivers it, across a restart of the queue, once the
 //! server is back; eight concurrent misses for one key make one GET (counted in the server's
-//! access log).
+//! access log); no log line of any of it, at any level, holds a credential.
 
 #![allow(clippy::unwrap_used)]
 
@@ -359,4 +359,112 @@ fn eight_concurrent_misses_make_one_get() {
         requests_in_log(&log, "GET", &path) >= 1
     });
     assert_eq!(requests_in_log(&log, "GET", &path), 1);
+}
+
+/// Collects every log line of the process.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn no_log_line_holds_a_credential() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // Global: the backend runtime's threads log too. Every level, every crate (object_store,
+    // reqwest, hyper included).
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .init();
+
+    let scratch = Scratch::new("s3-logs").unwrap();
+    let port = free_port();
+    let mut server = moto(&scratch, port, "moto.log");
+    let text = format!(
+        r#"
+        [[backend]]
+        namespace = "team/**"
+        kind = "s3"
+        bucket = "{BUCKET}"
+        endpoint = "http://127.0.0.1:{port}"
+        allow_http = true
+        access_key_id = "AKIALOGSECRETONE"
+        secret_access_key = "log-secret-two"
+        session_token = "log-secret-three"
+        retries_max = 1
+
+        [[backend]]
+        namespace = "**"
+        kind = "registry"
+        url = "http://127.0.0.1:{port}"
+        username = "robot"
+        password = "log-secret-four"
+        "#
+    );
+    let file: BackendsFile =
+        shoal_servers::config::parse(Path::new("backends.toml"), &text).unwrap();
+    let body = common::bytes(1 << 20, 1);
+    let blob = write_file(scratch.root(), "blob", &body);
+    let key = Key::blob("team/app", &sha256(&body)).unwrap();
+    let backends = Arc::new(Backends::build(&file).unwrap());
+    common::run(async {
+        backends
+            .put(&key, PutSource::File(blob.clone()), body.len() as u64)
+            .await
+            .unwrap();
+        assert!(read_all(backends.get(&key, None).await.unwrap()).await == body);
+    });
+    server.kill();
+    common::run(async {
+        let queue = Rc::new(
+            WriteBack::open(
+                &scratch.path("journal"),
+                backends.clone(),
+                WriteBackConfig {
+                    entries_max: 4,
+                    backoff_min: Duration::from_millis(20),
+                    backoff_max: Duration::from_millis(100),
+                },
+            )
+            .unwrap(),
+        );
+        queue
+            .enqueue(key.clone(), blob.clone(), body.len() as u64)
+            .await
+            .unwrap();
+        // To the read-only registry: set aside, logged as an error.
+        let upstream = Key::blob("other/app", &sha256(&body)).unwrap();
+        queue
+            .enqueue(upstream, blob.clone(), body.len() as u64)
+            .await
+            .unwrap();
+        let driver = {
+            let queue = queue.clone();
+            compio::runtime::spawn(async move { queue.run().await })
+        };
+        compio::time::sleep(Duration::from_millis(500)).await;
+        drop(driver);
+        assert_eq!(queue.len(), 1);
+    });
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("write-back failed; will retry"), "{logs}");
+    assert!(logs.contains("write-back failed for good"), "{logs}");
+    for secret in [
+        "AKIALOGSECRETONE",
+        "log-secret-two",
+        "log-secret-three",
+        "log-secret-four",
+    ] {
+        assert!(!logs.contains(secret), "{secret} in the logs");
+    }
 }
