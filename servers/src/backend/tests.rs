@@ -450,34 +450,34 @@ fn concurrent_misses_share_one_get() {
         assert_eq!(counting.gets.load(Ordering::SeqCst), 2);
         assert!(!absent.exists());
 
-        // A leader that is cancelled hands its waiters an error, and the next run works.
+        // A leader that is cancelled hands its waiters an error. Its operation never ends,
+        // so only the cancellation ends it; on one compio thread a spawned task has been
+        // polled (and joined the flight) once the spawner awaited anything.
+        let (_never, pending) = flume::bounded::<()>(1);
         let leader = {
-            let (backends, flights, key, dest) = (
-                backends.clone(),
-                flights.clone(),
-                key.clone(),
-                scratch.0.join("again"),
-            );
-            compio::runtime::spawn(
-                async move { fetch_to_file(&flights, &backends, &key, &dest).await },
-            )
+            let flights = flights.clone();
+            compio::runtime::spawn(async move {
+                flights
+                    .run("k", || async move {
+                        let _ = pending.recv_async().await;
+                        Ok(1)
+                    })
+                    .await
+            })
         };
-        compio::time::sleep(Duration::from_millis(50)).await;
+        compio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(flights.len(), 1);
         let waiter = {
-            let (backends, flights, key, dest) = (
-                backends.clone(),
-                flights.clone(),
-                key.clone(),
-                scratch.0.join("again"),
-            );
-            compio::runtime::spawn(
-                async move { fetch_to_file(&flights, &backends, &key, &dest).await },
-            )
+            let flights = flights.clone();
+            compio::runtime::spawn(async move { flights.run("k", || async { Ok(2) }).await })
         };
-        compio::time::sleep(Duration::from_millis(50)).await;
+        compio::time::sleep(Duration::from_millis(1)).await;
         drop(leader);
         let error = waiter.await.unwrap().unwrap_err();
         assert!(error.message.contains("cancelled"), "{error}");
+        assert!(flights.is_empty());
+        // The next run for the key is a new flight.
+        assert_eq!(flights.run("k", || async { Ok(3) }).await.unwrap(), 3);
         assert!(flights.is_empty());
     });
 }
