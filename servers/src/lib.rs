@@ -26,12 +26,16 @@
 //! - [`proxy`]: the push API (uploads, mounts, manifests, tags, catalog) over the upload
 //!   store and [`registry::Registry`], the client of the origin's and build-index's internal
 //!   HTTP APIs (shared with the agent).
+//! - [`backend`]: storage backends behind one trait (local directory, S3/GCS/Azure through
+//!   `object_store`, an upstream registry, plain HTTP), their tokio runtime, the write-back
+//!   queue and deduplicated fetches.
 //! - [`uploads`]: blob upload sessions for the push API (chunked and monolithic uploads,
 //!   every digest verified), on local disk; blocking, called off the data plane.
 
 pub use shoal_engine as engine;
 
 pub mod agent;
+pub mod backend;
 pub mod build_index;
 pub mod cluster;
 pub mod config;

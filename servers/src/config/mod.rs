@@ -14,6 +14,7 @@
 //! file's keys (each section's `overlay`), then the command line's flags, then one validation
 //! of the result.
 
+pub mod backends;
 pub mod defaults;
 pub mod units;
 
