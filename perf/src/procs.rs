@@ -6,6 +6,7 @@
 //! its guard drops, also when the caller panics.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -446,4 +447,85 @@ impl Shoal {
             "shoal dev did not start on any of {ATTEMPTS} port ranges"
         ))
     }
+}
+
+/// A free loopback port for a server that must be named before it starts: picked between
+/// 20,000 and 32,000, below the kernel's ephemeral range (so no outgoing connection holds
+/// it), bound once to check, then released (another process could take it in between,
+/// which tests accept).
+pub fn free_port() -> std::io::Result<u16> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = 20_000
+            + (std::process::id()
+                .wrapping_mul(31)
+                .wrapping_add(n.wrapping_mul(7919))
+                % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other(
+        "no free port between 20000 and 32000",
+    ))
+}
+
+/// Waits until something accepts connections at `addr`, at most `wait_max`; the error holds
+/// the tail of `proc`'s stderr.
+pub fn wait_listening(addr: SocketAddr, proc: &Proc, wait_max: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait_max;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{addr} never listened; stderr:\n{}",
+                proc.stderr_tail(20)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// moto's S3 server (`moto_server`, from PyPI's `moto[server]`) on `127.0.0.1:port` with
+/// `bucket` created (moto keeps objects in memory: a restarted server is empty). Its
+/// request log goes to `scratch/<log>`.
+pub fn moto_server(scratch: &Scratch, port: u16, bucket: &str, log: &str) -> Result<Proc, String> {
+    let port_text = port.to_string();
+    let proc = Proc::start(
+        "moto_server",
+        Path::new("moto_server"),
+        &["-H", "127.0.0.1", "-p", &port_text],
+        &[("PYTHONUNBUFFERED", "1")],
+        scratch.path(log),
+    )
+    .map_err(|e| format!("moto_server (pip install 'moto[server]'): {e}"))?;
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &proc,
+        Duration::from_secs(60),
+    )?;
+    let status = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
+        .arg(format!("http://127.0.0.1:{port}/{bucket}"))
+        .output()
+        .map_err(|e| format!("curl: {e}"))?;
+    if status.stdout != b"200" {
+        return Err(format!("creating bucket {bucket}: {status:?}"));
+    }
+    Ok(proc)
+}
+
+/// Waits (at most `wait_max`) until `addr` can be bound again: after a SIGKILL the kernel
+/// releases an io_uring process's sockets only once the ring is torn down, a little after
+/// the process is reaped, so a restart on the same port waits for this first.
+pub fn wait_port_free(addr: SocketAddr, wait_max: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait_max;
+    while std::net::TcpListener::bind(addr).is_err() {
+        if Instant::now() >= deadline {
+            return Err(format!("{addr} still in use after {wait_max:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }

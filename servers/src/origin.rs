@@ -37,6 +37,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use compio::io::AsyncWriteAtExt as _;
@@ -49,6 +50,9 @@ use hyper::body::Incoming;
 use shoal_engine::Engine;
 use shoal_proto::Digest;
 
+use crate::backend::dedup::{Flights, fetch_to_file};
+use crate::backend::writeback::{WriteBack, WriteBackConfig};
+use crate::backend::{Backends, Key};
 use crate::cluster::{HEALTH_PATH, OriginCluster};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
 use crate::http::client::{ClientBody, ClientConfig, HttpClient};
@@ -101,6 +105,26 @@ pub struct Membership {
     pub repair_interval: Duration,
 }
 
+/// Where this origin's blobs live beyond its own disk: the storage backends, and the
+/// repository name blob keys are routed by when a request names none.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    pub backends: Arc<Backends>,
+    /// The namespace of blob keys ([`Key::blob`]): picks the backend by pattern, and is the
+    /// repository an upstream registry is asked for.
+    pub namespace: String,
+    pub writeback: WriteBackConfig,
+}
+
+/// Backend fetches in flight at once (more misses wait for one of them to end).
+pub const FLIGHTS_MAX: usize = 256;
+
+/// [`Storage::namespace`] when the config names none.
+pub const NAMESPACE_DEFAULT: &str = "library";
+
+/// Directory under the store's root that holds the write-back journal.
+pub const WRITEBACK_DIR: &str = "writeback";
+
 /// The origin's settings (beyond its engine's).
 #[derive(Debug, Clone)]
 pub struct OriginConfig {
@@ -108,6 +132,8 @@ pub struct OriginConfig {
     pub blob_bytes_max: u64,
     /// The cluster this origin belongs to (`None`: a lone origin).
     pub membership: Option<Membership>,
+    /// The storage backends (`None`: this origin's disk is the only copy it knows of).
+    pub storage: Option<Storage>,
 }
 
 impl Default for OriginConfig {
@@ -115,6 +141,7 @@ impl Default for OriginConfig {
         OriginConfig {
             blob_bytes_max: BLOB_BYTES_MAX_DEFAULT,
             membership: None,
+            storage: None,
         }
     }
 }
@@ -151,6 +178,10 @@ pub struct OriginState {
     put_done: Event,
     /// Blobs received from other origins by fills and repairs (for tests and logs).
     n_filled: Cell<u64>,
+    /// Pushed blobs on their way to the backend (with [`OriginConfig::storage`]).
+    writeback: Option<Arc<WriteBack>>,
+    /// Backend fetches in flight, shared by concurrent misses.
+    flights: Flights<u64>,
 }
 
 impl std::ops::Deref for Origin {
@@ -205,6 +236,22 @@ impl Origin {
             failed = report.n_failed,
             "origin started"
         );
+        let writeback = match &config.storage {
+            None => None,
+            Some(storage) => {
+                let dir = engine.store().root().join(WRITEBACK_DIR);
+                let (backends, wb) = (Arc::clone(&storage.backends), storage.writeback.clone());
+                let queue =
+                    compio::runtime::spawn_blocking(move || WriteBack::open(&dir, backends, wb))
+                        .await
+                        .map_err(|_| io::Error::other("opening the write-back journal panicked"))?
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                let queue = Arc::new(queue);
+                let runner = Arc::clone(&queue);
+                compio::runtime::spawn(async move { runner.run().await }).detach();
+                Some(queue)
+            }
+        };
         let inner = Rc::new(OriginState {
             engine,
             config,
@@ -214,6 +261,8 @@ impl Origin {
             putting: RefCell::new(HashSet::new()),
             put_done: Event::new(),
             n_filled: Cell::new(0),
+            writeback,
+            flights: Flights::new(FLIGHTS_MAX),
         });
         if let Some(membership) = &inner.config.membership {
             membership.cluster.spawn_health_checks(inner.client.clone());
@@ -333,6 +382,9 @@ impl Origin {
 
     /// The stored metainfo sidecar of `digest`, canonically encoded.
     async fn metainfo(&self, digest: &Digest) -> Result<Response<LocalBody>, OciError> {
+        if !self.engine.store().has_blob(digest) {
+            self.inner.fill(*digest, None).await;
+        }
         let metainfo = self
             .engine
             .store()
@@ -382,6 +434,7 @@ impl Origin {
                 tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
             }
             result?;
+            self.write_back(digest, len).await?;
         }
         self.engine.seed(&digest).await.map_err(engine_error)?;
         let mut response = Response::new(LocalBody::empty());
@@ -443,23 +496,104 @@ impl OriginState {
 }
 
 impl OriginState {
+    /// Journals a newly stored blob for the backend (nothing without backends). If it cannot
+    /// be journaled, the blob is removed again and the PUT fails (503): the client pushes
+    /// again, and nothing is stored that the backend would never get.
+    async fn write_back(&self, digest: Digest, len: u64) -> Result<(), OciError> {
+        let (Some(queue), Some(storage)) = (&self.writeback, &self.config.storage) else {
+            return Ok(());
+        };
+        let queued = match Key::blob(&storage.namespace, &digest) {
+            Ok(key) => queue
+                .enqueue(key, self.engine.store().blob_path(&digest), len)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = queued {
+            tracing::error!(%digest, %error, "could not queue a blob for the backend; removing it");
+            if let Err(error) = self.engine.remove(&digest).await {
+                tracing::warn!(%digest, %error, "could not remove the blob");
+            }
+            return Err(OciError::new(
+                ErrorCode::Unavailable,
+                format!("could not queue {digest} for the storage backend: {error}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Gets `digest` from the storage backend into this store (the caller holds its turn):
+    /// fetched to a temporary file, checked against the digest by the ingestion, seeded.
+    async fn fetch_from_backend(&self, digest: Digest) -> Result<bool, String> {
+        let Some(storage) = &self.config.storage else {
+            return Ok(false);
+        };
+        let key = Key::blob(&storage.namespace, &digest).map_err(|e| e.to_string())?;
+        let temp = self.temp_path(&digest);
+        let fetched = fetch_to_file(&self.flights, &storage.backends, &key, &temp).await;
+        let result = match fetched {
+            Err(error) if error.is_not_found() => Ok(false),
+            Err(error) => Err(error.to_string()),
+            Ok(len) if len > self.config.blob_bytes_max => Err(format!(
+                "{len} bytes is more than this origin's {} per blob",
+                self.config.blob_bytes_max
+            )),
+            Ok(_) => self
+                .engine
+                .ingest_file(&temp, Some(digest))
+                .await
+                .map(|_| true)
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(error) = compio::fs::remove_file(&temp).await
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
+        }
+        if result? {
+            self.engine.seed(&digest).await.map_err(|e| e.to_string())?;
+            tracing::info!(%digest, "blob fetched from the storage backend");
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Fetches `digest` from the other origins into this store, if this origin is one of its
     /// owners (now, or when every member is up) and another origin has it: `first` is asked
     /// first, then the digest's read order. Concurrent fills and PUTs of one digest run one
     /// at a time. Returns whether the blob is stored now.
     async fn fill(&self, digest: Digest, first: Option<SocketAddr>) -> bool {
-        let Some(membership) = &self.config.membership else {
-            return false;
-        };
-        let me = membership.advertise;
-        let cluster = &membership.cluster;
-        if !cluster.is_home_owner(me, &digest) && !cluster.owners(&digest).contains(&me) {
+        if let Some(membership) = &self.config.membership {
+            let (me, cluster) = (membership.advertise, &membership.cluster);
+            if !cluster.is_home_owner(me, &digest) && !cluster.owners(&digest).contains(&me) {
+                return false;
+            }
+        } else if self.config.storage.is_none() {
             return false;
         }
         let _turn = self.turn_of(digest).await;
         if self.engine.store().has_blob(&digest) {
             return true;
         }
+        if self.fill_from_members(digest, first).await {
+            return true;
+        }
+        match self.fetch_from_backend(digest).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%digest, %error, "fetching a blob from the storage backend failed");
+                false
+            }
+        }
+    }
+
+    /// The replica half of [`OriginState::fill`] (the caller holds the digest's turn).
+    async fn fill_from_members(&self, digest: Digest, first: Option<SocketAddr>) -> bool {
+        let Some(membership) = &self.config.membership else {
+            return false;
+        };
+        let (me, cluster) = (membership.advertise, &membership.cluster);
         let mut sources: Vec<SocketAddr> = first.into_iter().collect();
         for addr in cluster.read_order(&digest) {
             if !sources.contains(&addr) {

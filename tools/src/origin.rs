@@ -5,13 +5,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use shoal_engine::Engine;
+use shoal_servers::backend::Backends;
+use shoal_servers::backend::writeback::WriteBackConfig;
 use shoal_servers::cluster::ClusterConfig;
+use shoal_servers::config::backends::BackendsFile;
 use shoal_servers::config::{Members, OriginFile, defaults};
-use shoal_servers::origin::{Membership, Origin, OriginConfig, REPAIR_INTERVAL_DEFAULT};
+use shoal_servers::origin::{
+    Membership, NAMESPACE_DEFAULT, Origin, OriginConfig, REPAIR_INTERVAL_DEFAULT, Storage,
+};
 
 use crate::origins;
 use crate::peer::EngineArgs;
@@ -84,6 +90,21 @@ pub fn run(args: OriginArgs) -> Result<(), String> {
     } else {
         Some(args.cluster.clone())
     };
+    if !keys.backend.is_empty() {
+        let file_of_backends = BackendsFile {
+            backend: keys.backend.clone(),
+        };
+        let backends = Backends::build(&file_of_backends).map_err(|e| file.error(e))?;
+        origin_config.storage = Some(Storage {
+            backends: Arc::new(backends),
+            namespace: keys
+                .origin
+                .namespace
+                .clone()
+                .unwrap_or_else(|| NAMESPACE_DEFAULT.to_owned()),
+            writeback: WriteBackConfig::default(),
+        });
+    }
     if let Some(members) = members {
         let mut cluster = ClusterConfig::new(members);
         if let Some(replicas) = args.replicas.or(keys.origin.replicas) {
@@ -142,6 +163,13 @@ pub async fn serve(
         listen,
         config,
         || async move {
+            if let Some(storage) = &origin_config.storage {
+                storage
+                    .backends
+                    .check()
+                    .await
+                    .map_err(|e| format!("origin: storage backend: {e}"))?;
+            }
             let (origin, _report) = Origin::start(engine, origin_config)
                 .await
                 .map_err(|e| format!("origin: {e}"))?;

@@ -300,6 +300,7 @@ fn a_cluster_survives_losing_an_origin_and_a_tracker() {
 
     // The origin comes back and catches up on the blobs it owns (its home share, the same
     // ring every process computes); its HEAD answers from its own store only.
+    shoal_perf::procs::wait_port_free(cluster.origins[0].parse().unwrap(), WAIT).unwrap();
     cluster.start_origin(0, &scratch);
     let origin0 = cluster.origins[0].clone();
     let mut config = ClusterConfig::new(cluster.origins.clone());

@@ -322,6 +322,9 @@ impl Members {
 #[serde(deny_unknown_fields, default)]
 pub struct OriginFile {
     pub origin: OriginSection,
+    /// `[[backend]]`: the storage backends ([`backends::BackendEntry`], documented in
+    /// `configs/backends.toml`); none: the origin's disk is the only copy.
+    pub backend: Vec<backends::BackendEntry>,
     pub engine: EngineSection,
     pub http: HttpSection,
 }
@@ -344,6 +347,9 @@ pub struct OriginSection {
     pub repair_interval: Option<Span>,
     /// How often every member's health is checked.
     pub health_interval: Option<Span>,
+    /// The repository name blob keys are routed by among the `[[backend]]` patterns (and
+    /// asked for upstream).
+    pub namespace: Option<String>,
 }
 
 impl OriginSection {
