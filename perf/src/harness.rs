@@ -29,6 +29,8 @@ use crate::torrent;
 
 /// Longest any server may take to say it serves, or a blob to be pushed.
 const START_WAIT_MAX: Duration = Duration::from_secs(60);
+/// How long the machine's background load is sampled before a pull phase.
+const BACKGROUND_SAMPLE: Duration = Duration::from_secs(1);
 /// How often the pull phase looks at its clients.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
 /// Ports on the origin's host.
@@ -87,6 +89,9 @@ pub struct SystemResult {
     pub server_peak_rss_bytes: u64,
     /// Fraction of the machine's cores busy during the pull phase.
     pub cores_busy: f64,
+    /// Fraction of the machine's cores busy in the second before the pull phase, with every
+    /// process of the system started and idle: what else runs on the machine.
+    pub cores_busy_before: f64,
     /// Wall seconds of the pull phase.
     pub pull_wall_s: f64,
 }
@@ -173,8 +178,7 @@ impl Client {
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(
-                std::fs::File::create(&stderr)
-                    .map_err(|e| format!("{}: {e}", stderr.display()))?,
+                std::fs::File::create(&stderr).map_err(|e| format!("{}: {e}", stderr.display()))?,
             )
             .spawn()
             .map_err(|e| format!("starting the client of host {host}: {e}"))?;
@@ -265,6 +269,13 @@ fn machine_ticks() -> (u64, u64) {
     (total.saturating_sub(idle), total)
 }
 
+/// Fraction of the cores busy between two [`machine_ticks`] readings.
+fn busy_fraction(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let busy = after.0.saturating_sub(before.0) as f64;
+    let total = after.1.saturating_sub(before.1).max(1) as f64;
+    busy / total
+}
+
 /// Resident processes whose CPU and memory are reported.
 #[derive(Debug, Default)]
 struct Watched {
@@ -307,6 +318,9 @@ impl Bench<'_> {
         watched: &Watched,
     ) -> Result<SystemResult, String> {
         let scenario = self.scenario;
+        let idle_before = machine_ticks();
+        std::thread::sleep(BACKGROUND_SAMPLE);
+        let idle_after = machine_ticks();
         let egress_before = self.net.origin_egress_bytes()?;
         let ticks_before = machine_ticks();
         let host_cpu_before = cpu_of(&watched.hosts);
@@ -340,8 +354,6 @@ impl Bench<'_> {
         let peak = |pid: &u32| procs::peak_rss_bytes(*pid).unwrap_or(0);
         let host_peak_rss_bytes = watched.hosts.iter().map(peak).collect();
         let server_peak_rss_bytes = watched.servers.iter().map(peak).max().unwrap_or(0);
-        let busy = ticks_after.0.saturating_sub(ticks_before.0) as f64;
-        let total = ticks_after.1.saturating_sub(ticks_before.1).max(1) as f64;
 
         let mut host_s: Vec<Option<f64>> = vec![Some(0.0); scenario.hosts];
         let mut failures = Vec::new();
@@ -374,7 +386,8 @@ impl Bench<'_> {
             host_peak_rss_bytes,
             server_cpu_s,
             server_peak_rss_bytes,
-            cores_busy: busy / total,
+            cores_busy: busy_fraction(ticks_before, ticks_after),
+            cores_busy_before: busy_fraction(idle_before, idle_after),
             pull_wall_s,
         })
     }
@@ -410,7 +423,17 @@ impl Bench<'_> {
             let headers = run_in(
                 ORIGIN_NS,
                 "curl",
-                &["-sS", "-f", "-X", "POST", "-o", "/dev/null", "-D", "-", &url],
+                &[
+                    "-sS",
+                    "-f",
+                    "-X",
+                    "POST",
+                    "-o",
+                    "/dev/null",
+                    "-D",
+                    "-",
+                    &url,
+                ],
             )?;
             let location = headers
                 .lines()
@@ -584,9 +607,11 @@ impl Bench<'_> {
         // until an agent can see every blob (HEAD starts no download).
         for blob in &self.blobs {
             let url = format!("http://{AGENT_ADDR}/v2/{REPOSITORY}/blobs/{}", blob.digest);
-            until_ok(&format!("{} at the tracker", blob.name), START_WAIT_MAX, || {
-                run_in(&netns::host_ns(0), "curl", &["-sS", "-f", "-I", &url])
-            })?;
+            until_ok(
+                &format!("{} at the tracker", blob.name),
+                START_WAIT_MAX,
+                || run_in(&netns::host_ns(0), "curl", &["-sS", "-f", "-I", &url]),
+            )?;
         }
         let out = dir.join("copies");
         std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -721,7 +746,10 @@ impl Bench<'_> {
         )?;
         // Ready when the tracker counts the seeder as complete for every torrent.
         for (_, torrent) in &torrents {
-            let url = format!("{tracker_base}/scrape?info_hash={}", torrent.info_hash_url());
+            let url = format!(
+                "{tracker_base}/scrape?info_hash={}",
+                torrent.info_hash_url()
+            );
             until_ok("the seeder at opentracker", START_WAIT_MAX, || {
                 let answer = run_in(ORIGIN_NS, "curl", &["-sS", "-f", &url])?;
                 if answer.contains("8:completei0e") || !answer.contains("8:completei") {

@@ -132,7 +132,10 @@ fn kill_inside(ns: &str) {
     let Ok(pids) = run("ip", &["netns", "pids", ns], None) else {
         return;
     };
-    for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<i32>().ok())
+    {
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         }
@@ -175,8 +178,7 @@ impl RunLock {
         let file = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let deadline = Instant::now() + LOCK_WAIT_MAX;
         loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-            {
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(RunLock(file)),
                 Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(200));
@@ -276,7 +278,11 @@ impl Net {
     /// Bytes the origin's host has sent onto its link so far (frames, headers included): what
     /// the bridge's port `o` received.
     pub fn origin_egress_bytes(&self) -> Result<u64, String> {
-        let json = run("ip", &["-n", BRIDGE_NS, "-s", "-j", "link", "show", "dev", "o"], None)?;
+        let json = run(
+            "ip",
+            &["-n", BRIDGE_NS, "-s", "-j", "link", "show", "dev", "o"],
+            None,
+        )?;
         let value: serde_json::Value =
             serde_json::from_str(&json).map_err(|e| format!("ip -s -j link: {e}: {json}"))?;
         value[0]["stats64"]["rx"]["bytes"]

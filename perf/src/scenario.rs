@@ -34,9 +34,7 @@ impl System {
         System::ALL
             .into_iter()
             .find(|s| s.name() == text)
-            .ok_or_else(|| {
-                format!("unknown system {text:?} (known: shoal, registry, bittorrent)")
-            })
+            .ok_or_else(|| format!("unknown system {text:?} (known: shoal, registry, bittorrent)"))
     }
 }
 
@@ -258,8 +256,7 @@ impl Scenario {
         let n = self.hosts as f64;
         let seeder = f / self.origin_upload_bytes_per_s;
         let download = f / self.host_download_bytes_per_s;
-        let aggregate =
-            n * f / (self.origin_upload_bytes_per_s + n * self.host_upload_bytes_per_s);
+        let aggregate = n * f / (self.origin_upload_bytes_per_s + n * self.host_upload_bytes_per_s);
         seeder.max(download).max(aggregate)
     }
 
@@ -326,7 +323,11 @@ mod tests {
         check("count = 32", "count = 32\ncolour = 1", "colour");
         check("count = 32", "count = 0", "hosts.count");
         check("\"128MiB\"", "\"128 apples\"", "blobs.size");
-        check("\"1Gbit/s\"\n        download", "\"1Gbit\"\n        download", "origin");
+        check(
+            "\"1Gbit/s\"\n        download",
+            "\"1Gbit\"\n        download",
+            "origin",
+        );
         check("time_limit_s = 300", "time_limit_s = 0", "time_limit_s");
         check(
             "time_limit_s = 300",

@@ -113,9 +113,13 @@ mod tests {
         assert!(text.contains("12:piece lengthi262144e6:pieces20:"));
         assert!(text.ends_with("ee"));
         // The info hash is the SHA-1 of the info dictionary's exact bytes.
-        let start = torrent.bytes.len() - (torrent.bytes.len() - text.find("d6:length").expect("info"));
+        let start =
+            torrent.bytes.len() - (torrent.bytes.len() - text.find("d6:length").expect("info"));
         let info = &torrent.bytes[start..torrent.bytes.len() - 1];
-        assert_eq!(torrent.info_hash, <[u8; 20]>::from(sha1::Sha1::digest(info)));
+        assert_eq!(
+            torrent.info_hash,
+            <[u8; 20]>::from(sha1::Sha1::digest(info))
+        );
         assert_eq!(torrent.info_hash_hex().len(), 40);
         assert_eq!(torrent.info_hash_url().len(), 60);
         std::fs::remove_dir_all(&dir).expect("cleanup");

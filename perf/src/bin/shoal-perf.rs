@@ -66,9 +66,8 @@ fn main() -> ExitCode {
 
 /// Whether `program` is on `PATH`.
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 fn check_tools(systems: &[System], shoal: &Path) -> Result<(), String> {
@@ -124,10 +123,7 @@ fn watch_signals() {
 }
 
 /// The first of two futures to complete.
-async fn futures_select<A: Future + Unpin, B: Future + Unpin>(
-    mut a: A,
-    mut b: B,
-) {
+async fn futures_select<A: Future + Unpin, B: Future + Unpin>(mut a: A, mut b: B) {
     std::future::poll_fn(|cx| {
         if std::pin::Pin::new(&mut a).poll(cx).is_ready()
             || std::pin::Pin::new(&mut b).poll(cx).is_ready()
@@ -146,7 +142,11 @@ fn remove_old_scratch() {
         return;
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with("shoal-perfnet-") {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("shoal-perfnet-")
+        {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -231,6 +231,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             server_cpu_s: 0.0,
             server_peak_rss_bytes: 0,
             cores_busy: 0.0,
+            cores_busy_before: 0.0,
             pull_wall_s: 0.0,
         });
         figures.push(Figures::new(&scenario, result));
@@ -244,11 +245,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     let table = netreport::to_markdown(&scenario, &figures);
     let json = netreport::to_json_line(&scenario, &figures);
     let svg = netreport::cdf_svg(&scenario, &figures);
-    for (suffix, text) in [
-        (".md", &table),
-        (".json", &json),
-        ("-cdf.svg", &svg),
-    ] {
+    for (suffix, text) in [(".md", &table), (".json", &json), ("-cdf.svg", &svg)] {
         let path = cli.out.join(format!("{}{suffix}", scenario.name));
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
