@@ -73,9 +73,39 @@ fn namespaces() -> Vec<String> {
         .collect()
 }
 
+/// What a crashed run leaves: a namespace of the harness's with a process inside. Killed
+/// and removed on drop if the harness did not.
+struct Leftover(std::process::Child);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = Command::new("ip")
+            .args(["netns", "del", "shoalperf-h7"])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn make_leftover() -> Leftover {
+    let status = Command::new("ip")
+        .args(["netns", "add", "shoalperf-h7"])
+        .status()
+        .expect("ip netns add");
+    assert!(status.success());
+    Leftover(
+        Command::new("ip")
+            .args(["netns", "exec", "shoalperf-h7", "sleep", "600"])
+            .spawn()
+            .expect("sleep in the leftover namespace"),
+    )
+}
+
 #[test]
 fn ci_small_every_host_gets_the_blob_from_every_system() {
     let shoal = shoal_binary();
+    let mut leftover = make_leftover();
     let out = std::env::temp_dir().join(format!("shoal-perf-ci-{}", std::process::id()));
     let stdout_path = out.join("stdout");
     std::fs::create_dir_all(&out).expect("out dir");
@@ -131,7 +161,12 @@ fn ci_small_every_host_gets_the_blob_from_every_system() {
             .contains("| shoal | 8/8 |")
     );
 
-    // Nothing left behind.
+    // The leftover was removed before the run (its process killed), and nothing is left
+    // behind.
+    assert!(
+        leftover.0.try_wait().expect("wait").is_some(),
+        "the leftover's process still runs"
+    );
     assert_eq!(namespaces(), Vec::<String>::new());
     let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
         .map(|entries| {

@@ -12,13 +12,12 @@
 //! host of any system did not get every blob byte-identical within the time limit.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
 use shoal_perf::harness::{Bench, Blob, SystemResult};
 use shoal_perf::netns::{self, Link, Net, RunLock};
 use shoal_perf::netreport::{self, Figures};
@@ -49,6 +48,8 @@ struct Cli {
 
 /// The scratch directory to remove if a signal ends the run.
 static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Attempts at removing the scratch directory after a signal.
+const REMOVE_ATTEMPTS: u32 = 10;
 /// Held by whoever tears down (the main thread at the end, or the signal thread).
 static TEARDOWN: Mutex<()> = Mutex::new(());
 
@@ -98,42 +99,40 @@ fn check_tools(systems: &[System], shoal: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// SIGINT and SIGTERM, blocked in every thread (call before any thread starts: threads
+/// inherit the mask; child processes do not, std resets it) and taken by [`watch_signals`].
+fn block_signals() -> Result<SigSet, String> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block()
+        .map_err(|e| format!("blocking SIGINT and SIGTERM: {e}"))?;
+    Ok(set)
+}
+
 /// On SIGINT or SIGTERM: kill what runs in the namespaces, remove them and the scratch
 /// directory, exit 130.
-fn watch_signals() {
-    std::thread::spawn(|| {
-        let Ok(runtime) = compio::runtime::Runtime::new() else {
+fn watch_signals(set: SigSet) {
+    std::thread::spawn(move || {
+        let Ok(signal) = set.wait() else {
             return;
         };
-        runtime.block_on(async {
-            let interrupt = pin!(compio::signal::unix::signal(2));
-            let terminate = pin!(compio::signal::unix::signal(15));
-            let _ = futures_select(interrupt, terminate).await;
-        });
         let _guard = TEARDOWN.lock();
-        eprintln!("shoal-perf: interrupted; removing the emulated network");
+        eprintln!("shoal-perf: {signal}; removing the emulated network");
         let _ = netns::cleanup_leftovers();
         if let Ok(scratch) = SCRATCH.lock()
             && let Some(dir) = scratch.as_ref()
         {
-            let _ = std::fs::remove_dir_all(dir);
+            // Killed processes may still be exiting (closing files): retry a few times.
+            for _ in 0..REMOVE_ATTEMPTS {
+                if std::fs::remove_dir_all(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
         }
         std::process::exit(130);
     });
-}
-
-/// The first of two futures to complete.
-async fn futures_select<A: Future + Unpin, B: Future + Unpin>(mut a: A, mut b: B) {
-    std::future::poll_fn(|cx| {
-        if std::pin::Pin::new(&mut a).poll(cx).is_ready()
-            || std::pin::Pin::new(&mut b).poll(cx).is_ready()
-        {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
 
 /// Removes scratch directories of earlier runs (the lock is held: none is in use).
@@ -169,8 +168,9 @@ fn run(cli: &Cli) -> Result<bool, String> {
     check_tools(&scenario.systems, &shoal)?;
     std::fs::create_dir_all(&cli.out).map_err(|e| format!("{}: {e}", cli.out.display()))?;
 
+    let signals = block_signals()?;
     let _lock = RunLock::acquire()?;
-    watch_signals();
+    watch_signals(signals);
     remove_old_scratch();
     let scratch = Scratch::new("perfnet").map_err(|e| format!("scratch directory: {e}"))?;
     if let Ok(mut slot) = SCRATCH.lock() {
