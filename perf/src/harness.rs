@@ -148,7 +148,7 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// One host's client: `sh -c 'read _; exec …'` in the host's namespace, so it starts the
+/// One host's client: `sh -c 'read _; …'` in the host's namespace, so it starts the
 /// moment a line reaches its stdin. Done when it exits successfully (curl), or when every
 /// one of its `done_files` exists (aria2c, which keeps seeding). Killed on drop.
 #[derive(Debug)]
@@ -172,7 +172,7 @@ impl Client {
         done_files: Vec<PathBuf>,
     ) -> Result<Client, String> {
         let ns = netns::host_ns(host);
-        let script = format!("read _; exec {command}");
+        let script = format!("read _; {command}");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &ns, "sh", "-c", &script])
             .stdin(Stdio::piped())
@@ -305,6 +305,8 @@ impl Bench<'_> {
             System::Registry => self.run_registry(&dir),
             System::Bittorrent => self.run_bittorrent(&dir),
         };
+        // Whatever a guard's kill did not reach (a client pipeline's curl and sha256sum).
+        self.net.kill_processes();
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
@@ -392,22 +394,23 @@ impl Bench<'_> {
         })
     }
 
-    /// Compares every host's copy of every blob with the original (SHA-256); a mismatch or a
-    /// missing file fails that host.
-    fn verify(&self, result: &mut SystemResult, copy: impl Fn(usize, &Blob) -> PathBuf) {
+    /// Compares every host's copy of every blob with the original: `digest_of(host, blob)`
+    /// gives the copy's `sha256:<hex>`; a mismatch or an error fails that host.
+    fn verify(
+        &self,
+        result: &mut SystemResult,
+        digest_of: impl Fn(usize, &Blob) -> Result<String, String>,
+    ) {
         for host in 0..self.scenario.hosts {
             if result.host_s[host].is_none() {
                 continue;
             }
             for blob in &self.blobs {
-                let path = copy(host, blob);
-                let got = procs::sha256_file(&path).map_err(|e| e.to_string());
+                let got = digest_of(host, blob);
                 if got.as_deref() != Ok(blob.digest.as_str()) {
                     result.failures.push(format!(
-                        "host {host}: {} is not {} ({}): {got:?}",
-                        path.display(),
-                        blob.name,
-                        blob.digest
+                        "host {host}: its copy of {} is not {}: {got:?}",
+                        blob.name, blob.digest
                     ));
                     result.host_s[host] = None;
                 }
@@ -473,22 +476,24 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// curl clients, one per (host, blob), reading `url(host, blob)` into
-    /// `copy(host, blob)`.
+    /// curl clients, one per (host, blob), reading `url(blob)` and hashing the bytes as they
+    /// arrive (`sha256sum`, on the host) into `hashes/h<host>-<blob>`: no host keeps a copy,
+    /// so 64 hosts fit in memory. A failed or short transfer shows as a wrong digest.
     fn curl_clients(
         &self,
         dir: &Path,
-        url: impl Fn(usize, &Blob) -> String,
-        copy: impl Fn(usize, &Blob) -> PathBuf,
+        url: impl Fn(&Blob) -> String,
     ) -> Result<Vec<Client>, String> {
+        let hashes = dir.join("hashes");
+        std::fs::create_dir_all(&hashes).map_err(|e| format!("{}: {e}", hashes.display()))?;
         let max_time = format!("{:.0}", self.scenario.time_limit_s.ceil());
         let mut clients = Vec::new();
         for host in 0..self.scenario.hosts {
             for (k, blob) in self.blobs.iter().enumerate() {
                 let command = format!(
-                    "curl -sS -f -L --max-time {max_time} -o {} {}",
-                    shell_quote(&copy(host, blob).to_string_lossy()),
-                    shell_quote(&url(host, blob)),
+                    "curl -sS -f -L --max-time {max_time} {} | sha256sum > {}",
+                    shell_quote(&url(blob)),
+                    shell_quote(&hash_path(dir, host, blob).to_string_lossy()),
                 );
                 let stderr = dir.join(format!("client-h{host}-{}.stderr", blob.name));
                 clients.push(Client::spawn(host, vec![k], &command, stderr, Vec::new())?);
@@ -613,21 +618,16 @@ impl Bench<'_> {
                 || run_in(&netns::host_ns(0), "curl", &["-sS", "-f", "-I", &url]),
             )?;
         }
-        let out = dir.join("copies");
-        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let copy = |host: usize, blob: &Blob| out.join(format!("h{host}-{}", blob.name));
-        let mut clients = self.curl_clients(
-            dir,
-            |_, blob| format!("http://{AGENT_ADDR}/v2/{REPOSITORY}/blobs/{}", blob.digest),
-            copy,
-        )?;
+        let mut clients = self.curl_clients(dir, |blob| {
+            format!("http://{AGENT_ADDR}/v2/{REPOSITORY}/blobs/{}", blob.digest)
+        })?;
         let watched = Watched {
             hosts: agents.iter().map(Proc::pid).collect(),
             servers: vec![origin.pid(), tracker.pid()],
         };
         let mut result = self.pull(System::Shoal, &mut clients, &watched)?;
         drop(clients);
-        self.verify(&mut result, copy);
+        self.verify(&mut result, |host, blob| read_hash(dir, host, blob));
         Ok(result)
     }
 
@@ -658,21 +658,16 @@ impl Bench<'_> {
             run_in(ORIGIN_NS, "curl", &["-sS", "-f", &format!("{base}/v2/")])
         })?;
         self.push_blobs(&base)?;
-        let out = dir.join("copies");
-        std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let copy = |host: usize, blob: &Blob| out.join(format!("h{host}-{}", blob.name));
-        let mut clients = self.curl_clients(
-            dir,
-            |_, blob| format!("{base}/v2/{REPOSITORY}/blobs/{}", blob.digest),
-            copy,
-        )?;
+        let mut clients = self.curl_clients(dir, |blob| {
+            format!("{base}/v2/{REPOSITORY}/blobs/{}", blob.digest)
+        })?;
         let watched = Watched {
             hosts: Vec::new(),
             servers: vec![registry.pid()],
         };
         let mut result = self.pull(System::Registry, &mut clients, &watched)?;
         drop(clients);
-        self.verify(&mut result, copy);
+        self.verify(&mut result, |host, blob| read_hash(dir, host, blob));
         Ok(result)
     }
 
@@ -765,7 +760,8 @@ impl Bench<'_> {
                 .map_err(|e| format!("{}: {e}", host_dir.display()))?;
             let mut args = aria2_args(&host_dir, Some(&hook));
             args.extend(torrent_args.iter().cloned());
-            let command = std::iter::once("aria2c".to_owned())
+            // `exec`: the client's pid is aria2c's (its CPU and memory are reported).
+            let command = std::iter::once("exec aria2c".to_owned())
                 .chain(args.iter().map(|a| shell_quote(a)))
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -791,10 +787,24 @@ impl Bench<'_> {
         let mut result = self.pull(System::Bittorrent, &mut clients, &watched)?;
         drop(clients);
         self.verify(&mut result, |host, blob| {
-            dir.join(format!("h{host}")).join(&blob.name)
+            let path = dir.join(format!("h{host}")).join(&blob.name);
+            procs::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))
         });
         Ok(result)
     }
+}
+
+/// Where a curl client writes the SHA-256 of what it received.
+fn hash_path(dir: &Path, host: usize, blob: &Blob) -> PathBuf {
+    dir.join("hashes").join(format!("h{host}-{}", blob.name))
+}
+
+/// The digest a curl client computed (`sha256sum`'s line: hex, then the input's name).
+fn read_hash(dir: &Path, host: usize, blob: &Blob) -> Result<String, String> {
+    let path = hash_path(dir, host, blob);
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let hex = text.split_whitespace().next().unwrap_or("");
+    Ok(format!("sha256:{hex}"))
 }
 
 /// aria2c's switches for one host (`hook`: mark each finished download): no DHT or local

@@ -294,6 +294,15 @@ impl Net {
             .ok_or_else(|| format!("ip -s -j link: no rx bytes in {json}"))
     }
 
+    /// Kills every process inside the network's namespaces.
+    pub fn kill_processes(&self) {
+        if let Ok(names) = our_namespaces() {
+            for name in names {
+                kill_inside(&name);
+            }
+        }
+    }
+
     /// Kills every process in the namespaces and removes them.
     pub fn teardown(&self) -> Result<usize, String> {
         cleanup_leftovers()
