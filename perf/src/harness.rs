@@ -13,7 +13,9 @@
 //!   per host (it keeps seeding after its download, as a peer should), whose
 //!   `--on-bt-download-complete` hook marks each finished blob.
 //!
-//! Every host's copy is then compared with the blob byte for byte (SHA-256). Every wait is
+//! Every host's copy is then checked against the blob: its SHA-256 when the copies fit in
+//! memory, else the CRC-32 and length of what curl received (see [`COPIES_BYTES_MAX`]); a
+//! BitTorrent host's file always by SHA-256. Every wait is
 //! bounded (`time_limit_s`, and fixed start-up limits); every process is killed when its
 //! guard drops; the system's files are removed before the next system runs.
 
@@ -42,6 +44,10 @@ const OPENTRACKER_PORT: u16 = 6969;
 /// An agent's pull API (loopback of its host) and peer port.
 const AGENT_ADDR: &str = "127.0.0.1:5000";
 const AGENT_PEER_PORT: u16 = 7501;
+/// Every curl client's switches: fail on an HTTP error, follow redirects, and retry a
+/// transient failure (a 503, a refused connection) a few times a second apart, as `docker
+/// pull` retries a layer; a retried transfer starts over, so its time counts whole.
+const CURL_FLAGS: &str = "-sS -f -L --retry 3 --retry-delay 1 --retry-connrefused";
 /// The repository the blobs are pushed to.
 const REPOSITORY: &str = "perf/blobs";
 
@@ -53,7 +59,43 @@ pub struct Blob {
     pub bytes: u64,
     /// `blob-<k>`: its file name on every host.
     pub name: String,
+    /// `cksum`'s CRC-32 and length of the blob (`"<crc> <len>"`), for checking copies that
+    /// are not kept.
+    pub cksum: String,
 }
+
+impl Blob {
+    /// Describes the blob at `path`: its length, SHA-256 and `cksum`.
+    pub fn describe(path: PathBuf, name: String) -> Result<Blob, String> {
+        let bytes = std::fs::metadata(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        let digest = procs::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cksum = cksum_line(&netns::run("cksum", &[&path.to_string_lossy()], None)?);
+        Ok(Blob {
+            path,
+            digest,
+            bytes,
+            name,
+            cksum,
+        })
+    }
+}
+
+/// The CRC and the length from a `cksum` line (`<crc> <len> [<name>]`).
+fn cksum_line(line: &str) -> String {
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Up to this many bytes in all (hosts × blob bytes), curl clients keep their copies (on
+/// tmpfs) and every copy's SHA-256 is compared after the pull; above it, each client pipes
+/// what it receives through `cksum` (CRC-32 and length, about 0.05 CPU-s/GiB where
+/// coreutils' `sha256sum` costs 3) and keeps nothing, so 64 hosts fit in memory. Shoal's
+/// agents check every piece's SHA-256 themselves either way.
+const COPIES_BYTES_MAX: u64 = 2 << 30;
 
 /// What the harness needs to run systems.
 #[derive(Debug)]
@@ -65,6 +107,9 @@ pub struct Bench<'a> {
     /// The `shoal` binary.
     pub shoal: PathBuf,
     pub blobs: Vec<Blob>,
+    /// Where the processes' stderr files of a system that failed are copied
+    /// (`<logs>/<system>/`), before its scratch directory is removed.
+    pub logs: PathBuf,
 }
 
 /// What one system achieved.
@@ -148,7 +193,7 @@ fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// One host's client: `sh -c 'read _; …'` in the host's namespace, so it starts the
+/// One host's client: `bash -c 'read _; …'` in the host's namespace, so it starts the
 /// moment a line reaches its stdin. Done when it exits successfully (curl), or when every
 /// one of its `done_files` exists (aria2c, which keeps seeding). Killed on drop.
 #[derive(Debug)]
@@ -172,9 +217,10 @@ impl Client {
         done_files: Vec<PathBuf>,
     ) -> Result<Client, String> {
         let ns = netns::host_ns(host);
-        let script = format!("read _; {command}");
+        // bash for `pipefail`: a pipeline fails if curl does.
+        let script = format!("set -o pipefail; read _; {command}");
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "sh", "-c", &script])
+            .args(["netns", "exec", &ns, "bash", "-c", &script])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(
@@ -305,10 +351,31 @@ impl Bench<'_> {
             System::Registry => self.run_registry(&dir),
             System::Bittorrent => self.run_bittorrent(&dir),
         };
-        // Whatever a guard's kill did not reach (a client pipeline's curl and sha256sum).
+        // Whatever a guard's kill did not reach (a client pipeline's curl and cksum).
         self.net.kill_processes();
+        if !result.as_ref().is_ok_and(|r| r.failures.is_empty()) {
+            self.keep_logs(system, &dir);
+        }
         let _ = std::fs::remove_dir_all(&dir);
         result
+    }
+
+    /// Copies the `*.stderr` files of a system's run to `<logs>/<system>/`.
+    fn keep_logs(&self, system: System, dir: &Path) {
+        let target = self.logs.join(system.name());
+        let _ = std::fs::remove_dir_all(&target);
+        if std::fs::create_dir_all(&target).is_err() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_string_lossy().ends_with(".stderr") {
+                let _ = std::fs::copy(entry.path(), target.join(name));
+            }
+        }
     }
 
     /// Releases the clients (late joiners later), waits until every client has an outcome or
@@ -476,30 +543,53 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// curl clients, one per (host, blob), reading `url(blob)` and hashing the bytes as they
-    /// arrive (`sha256sum`, on the host) into `hashes/h<host>-<blob>`: no host keeps a copy,
-    /// so 64 hosts fit in memory. A failed or short transfer shows as a wrong digest.
+    /// Whether curl clients keep their copies (see [`COPIES_BYTES_MAX`]).
+    fn keep_copies(&self) -> bool {
+        self.scenario.total_bytes() * self.scenario.hosts as u64 <= COPIES_BYTES_MAX
+    }
+
+    /// curl clients, one per (host, blob), reading `url(blob)` into `checks/h<host>-<blob>`
+    /// (the copy, or its `cksum` line).
     fn curl_clients(
         &self,
         dir: &Path,
         url: impl Fn(&Blob) -> String,
     ) -> Result<Vec<Client>, String> {
-        let hashes = dir.join("hashes");
-        std::fs::create_dir_all(&hashes).map_err(|e| format!("{}: {e}", hashes.display()))?;
+        let checks = dir.join("checks");
+        std::fs::create_dir_all(&checks).map_err(|e| format!("{}: {e}", checks.display()))?;
         let max_time = format!("{:.0}", self.scenario.time_limit_s.ceil());
         let mut clients = Vec::new();
         for host in 0..self.scenario.hosts {
             for (k, blob) in self.blobs.iter().enumerate() {
-                let command = format!(
-                    "curl -sS -f -L --max-time {max_time} {} | sha256sum > {}",
-                    shell_quote(&url(blob)),
-                    shell_quote(&hash_path(dir, host, blob).to_string_lossy()),
-                );
+                let url = shell_quote(&url(blob));
+                let check = shell_quote(&check_path(dir, host, blob).to_string_lossy());
+                let command = if self.keep_copies() {
+                    format!("exec curl {CURL_FLAGS} --max-time {max_time} -o {check} {url}")
+                } else {
+                    format!("curl {CURL_FLAGS} --max-time {max_time} {url} | cksum > {check}")
+                };
                 let stderr = dir.join(format!("client-h{host}-{}.stderr", blob.name));
                 clients.push(Client::spawn(host, vec![k], &command, stderr, Vec::new())?);
             }
         }
         Ok(clients)
+    }
+
+    /// The digest of host `host`'s copy of `blob` as its curl client left it: the copy's
+    /// SHA-256, or the blob's own digest if the `cksum` of what it received matches.
+    fn curl_copy_digest(&self, dir: &Path, host: usize, blob: &Blob) -> Result<String, String> {
+        let path = check_path(dir, host, blob);
+        if self.keep_copies() {
+            return procs::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()));
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let got = cksum_line(&text);
+        if got == blob.cksum {
+            Ok(blob.digest.clone())
+        } else {
+            Err(format!("cksum {got:?}, the blob's is {:?}", blob.cksum))
+        }
     }
 
     fn run_shoal(&self, dir: &Path) -> Result<SystemResult, String> {
@@ -627,7 +717,9 @@ impl Bench<'_> {
         };
         let mut result = self.pull(System::Shoal, &mut clients, &watched)?;
         drop(clients);
-        self.verify(&mut result, |host, blob| read_hash(dir, host, blob));
+        self.verify(&mut result, |host, blob| {
+            self.curl_copy_digest(dir, host, blob)
+        });
         Ok(result)
     }
 
@@ -667,7 +759,9 @@ impl Bench<'_> {
         };
         let mut result = self.pull(System::Registry, &mut clients, &watched)?;
         drop(clients);
-        self.verify(&mut result, |host, blob| read_hash(dir, host, blob));
+        self.verify(&mut result, |host, blob| {
+            self.curl_copy_digest(dir, host, blob)
+        });
         Ok(result)
     }
 
@@ -794,17 +888,9 @@ impl Bench<'_> {
     }
 }
 
-/// Where a curl client writes the SHA-256 of what it received.
-fn hash_path(dir: &Path, host: usize, blob: &Blob) -> PathBuf {
-    dir.join("hashes").join(format!("h{host}-{}", blob.name))
-}
-
-/// The digest a curl client computed (`sha256sum`'s line: hex, then the input's name).
-fn read_hash(dir: &Path, host: usize, blob: &Blob) -> Result<String, String> {
-    let path = hash_path(dir, host, blob);
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let hex = text.split_whitespace().next().unwrap_or("");
-    Ok(format!("sha256:{hex}"))
+/// Where a curl client leaves its copy or its `cksum` line.
+fn check_path(dir: &Path, host: usize, blob: &Blob) -> PathBuf {
+    dir.join("checks").join(format!("h{host}-{}", blob.name))
 }
 
 /// aria2c's switches for one host (`hook`: mark each finished download): no DHT or local
@@ -847,6 +933,15 @@ mod tests {
     fn shell_quoting_survives_quotes() {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn cksum_lines_compare_without_the_name() {
+        assert_eq!(
+            cksum_line("4294967295 33554432 /x/blob-0\n"),
+            "4294967295 33554432"
+        );
+        assert_eq!(cksum_line("12 34\n"), "12 34");
     }
 
     #[test]

@@ -41,7 +41,8 @@ struct Cli {
     /// The `shoal` binary (default: next to this program).
     #[arg(long)]
     shoal: Option<PathBuf>,
-    /// Where the Markdown table, the JSON object and the CDF plot (SVG) are written.
+    /// Where the Markdown table, the JSON object and the CDF plot (SVG) are written, and the
+    /// processes' logs of a system that failed (`<scenario>-logs/<system>/`).
     #[arg(long, default_value = "shoal-perf-out")]
     out: PathBuf,
 }
@@ -185,13 +186,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         let path = blobs_dir.join(&name);
         procs::random_file(&path, bytes, scenario.seed.wrapping_mul(1000) + k as u64)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        let digest = procs::sha256_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        blobs.push(Blob {
-            path,
-            digest,
-            bytes,
-            name,
-        });
+        blobs.push(Blob::describe(path, name)?);
     }
 
     eprintln!(
@@ -217,6 +212,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
         scratch: scratch.root(),
         shoal,
         blobs,
+        logs: cli.out.join(format!("{}-logs", scenario.name)),
     };
     let mut figures = Vec::new();
     for &system in &scenario.systems {
