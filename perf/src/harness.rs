@@ -5,11 +5,13 @@
 //! hosts' processes start and wait at a barrier (a shell reading one line from its stdin),
 //! then every host is released at the same moment (late joiners `late_join_at_s` after), and
 //! a host's completion time is from its release to the moment its last blob is whole:
-//! - **shoal**: tracker, origin, build-index and proxy on the origin's host, one `shoal agent`
-//!   per host; each host's client is `curl` reading the blob from its agent's pull API.
+//! - **shoal**: origin, build-index and proxy on the origin's host, the tracker on the
+//!   trackers' host, one `shoal agent` per host; each host's client is `curl` reading the
+//!   blob from its agent's pull API.
 //! - **registry**: one `docker-registry` (CNCF distribution) on the origin's host; each host's
 //!   client is `curl` reading the blob from it.
-//! - **bittorrent**: opentracker and a seeding `aria2c` on the origin's host; one `aria2c`
+//! - **bittorrent**: opentracker on the trackers' host, a seeding `aria2c` on the origin's
+//!   host; one `aria2c`
 //!   per host (it keeps seeding after its download, as a peer should), whose
 //!   `--on-bt-download-complete` hook marks each finished blob.
 //!
@@ -24,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::netns::{self, Net, ORIGIN_IP, ORIGIN_NS};
+use crate::netns::{self, Net, ORIGIN_IP, ORIGIN_NS, TRACKER_IP, TRACKER_NS};
 use crate::procs::{self, Proc};
 use crate::scenario::{Scenario, System};
 use crate::torrent;
@@ -596,13 +598,13 @@ impl Bench<'_> {
         let scenario = self.scenario;
         let shoal = &self.shoal;
         let envs = [("SHOAL_LOG", "warn")];
-        let tracker_addr = format!("{ORIGIN_IP}:{TRACKER_PORT}");
+        let tracker_addr = format!("{TRACKER_IP}:{TRACKER_PORT}");
         let origin_addr = format!("{ORIGIN_IP}:{ORIGIN_PORT}");
         let s = |items: &[&str]| -> Vec<String> { items.iter().map(|i| (*i).to_owned()).collect() };
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
 
         let mut tracker = start_in(
-            ORIGIN_NS,
+            TRACKER_NS,
             "tracker",
             shoal,
             &s(&["tracker", "--listen", &tracker_addr]),
@@ -766,7 +768,7 @@ impl Bench<'_> {
     }
 
     fn run_bittorrent(&self, dir: &Path) -> Result<SystemResult, String> {
-        let tracker_base = format!("http://{ORIGIN_IP}:{OPENTRACKER_PORT}");
+        let tracker_base = format!("http://{TRACKER_IP}:{OPENTRACKER_PORT}");
         let announce = format!("{tracker_base}/announce");
         // opentracker chroots into its directory and drops to `nobody`: the whitelist is
         // named relative to that directory and must be readable by everyone.
@@ -793,12 +795,12 @@ impl Bench<'_> {
         std::fs::write(&whitelist_path, whitelist)
             .map_err(|e| format!("{}: {e}", whitelist_path.display()))?;
         let opentracker = start_in(
-            ORIGIN_NS,
+            TRACKER_NS,
             "opentracker",
             Path::new("opentracker"),
             &[
                 "-i".to_owned(),
-                ORIGIN_IP.to_owned(),
+                TRACKER_IP.to_owned(),
                 "-p".to_owned(),
                 OPENTRACKER_PORT.to_string(),
                 "-P".to_owned(),

@@ -24,6 +24,11 @@ pub const BRIDGE_NS: &str = "shoalperf-br";
 pub const ORIGIN_NS: &str = "shoalperf-o";
 /// The origin host's address.
 pub const ORIGIN_IP: &str = "10.231.0.1";
+/// The trackers' host (Shoal's tracker, opentracker): a host of its own, as in a real
+/// deployment, so that peer discovery does not queue behind the origin's bulk data on the
+/// origin's link. Same link caps as the origin's host.
+pub const TRACKER_NS: &str = "shoalperf-t";
+pub const TRACKER_IP: &str = "10.231.0.2";
 /// The subnet's prefix length.
 const PREFIX_LEN: u8 = 16;
 /// Most hosts: their addresses are 10.231.1.1 … 10.231.1.250.
@@ -233,6 +238,7 @@ impl Net {
             ),
         )?;
         net.add_host(ORIGIN_NS, "o", ORIGIN_IP, origin_link)?;
+        net.add_host(TRACKER_NS, "trk", TRACKER_IP, origin_link)?;
         for i in 0..hosts {
             net.add_host(&host_ns(i), &format!("h{i}"), &host_ip(i), host_link)?;
         }
@@ -248,9 +254,9 @@ impl Net {
             "ip",
             &["-n", BRIDGE_NS, "-batch", "-"],
             Some(&format!(
-                "link add {port} type veth peer name eth0 netns {ns}\n\
-                 link set {port} master br0\n\
-                 link set {port} up\n"
+                "link add name {port} type veth peer name eth0 netns {ns}\n\
+                 link set dev {port} master br0\n\
+                 link set dev {port} up\n"
             )),
         )?;
         run(
@@ -334,6 +340,7 @@ mod tests {
         assert_eq!(host_ns(0), "shoalperf-h0");
         assert_eq!(host_ip(249), "10.231.1.250");
         assert!(BRIDGE_NS.starts_with(NS_PREFIX) && ORIGIN_NS.starts_with(NS_PREFIX));
+        assert!(TRACKER_NS.starts_with(NS_PREFIX));
         // Interface names inside the bridge namespace fit IFNAMSIZ.
         assert!(format!("h{}", HOSTS_MAX - 1).len() < 16);
     }
