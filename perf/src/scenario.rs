@@ -342,6 +342,22 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_scenario_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/perf");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("configs/perf") {
+            let path = entry.expect("entry").path();
+            let scenario = Scenario::load(&path).expect("a shipped scenario parses");
+            names.push(scenario.name);
+        }
+        names.sort();
+        assert_eq!(names, ["ci-small", "standard", "standard-quarter", "wide"]);
+        let wide = Scenario::load(&dir.join("wide.toml")).expect("wide");
+        assert_eq!(wide.late_hosts.len(), 6);
+        assert_eq!(wide.total_bytes(), 128 << 20);
+    }
+
+    #[test]
     fn late_hosts_are_seeded_and_distinct() {
         let a = pick_hosts(64, 6, 1);
         assert_eq!(a, pick_hosts(64, 6, 1));
