@@ -1,4 +1,4 @@
-//! `shoal-perf`: Shoal's fleet simulator (and, later, its benchmark harness).
+//! `shoal-perf`: Shoal's fleet simulator and its real-swarm benchmark harness.
 //!
 //! The simulator drives proto's real [`shoal_proto::swarm::Swarm`] state machines — one per
 //! (host, blob, stripe) — in virtual time over a modelled network, for up to 15,000 hosts.
@@ -19,6 +19,13 @@
 //! - [`procs`]: real `shoal` processes for benchmarks and end-to-end tests (guards that kill
 //!   on drop, bounded waits, `/proc` CPU and memory figures).
 //!
+//! The real-swarm harness (`shoal-perf`, scenarios in `configs/perf/`):
+//! - [`scenario`]: the scenario format (hosts, link caps, blobs, late joiners, systems).
+//! - [`netns`]: emulated hosts: network namespaces, a bridge, `tc tbf` caps each way.
+//! - [`harness`]: runs Shoal, a central registry and a BitTorrent swarm on them, measures.
+//! - [`torrent`]: `.torrent` files for the BitTorrent baseline.
+//! - [`netreport`]: percentiles, efficiency, the Markdown table, JSON, the CDF plot (SVG).
+//!
 //! The binary runs one topology and prints its figures (the last line is one JSON object
 //! with `--json`):
 //!
@@ -31,12 +38,17 @@
 
 pub mod flows;
 pub mod geometry;
+pub mod harness;
+pub mod netns;
+pub mod netreport;
 pub mod oci_layout;
 pub mod procs;
 pub mod queue;
 pub mod report;
+pub mod scenario;
 pub mod sim;
 pub mod topology;
+pub mod torrent;
 pub mod tracker;
 /// Sizes and rates in topology files: the same units as the components' config files.
 pub use shoal_servers::config::units;
