@@ -505,7 +505,7 @@ pub fn moto_server(scratch: &Scratch, port: u16, bucket: &str, log: &str) -> Res
         &proc,
         Duration::from_secs(60),
     )?;
-    let status = std::process::Command::new("curl")
+    let status = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT"])
         .arg(format!("http://127.0.0.1:{port}/{bucket}"))
         .output()

@@ -246,7 +246,14 @@ fn bad_requests_get_oci_errors() {
         400,
         "DIGEST_INVALID",
     );
-    check(&[&url("/internal/blobs/")], 400, "DIGEST_INVALID");
+    // `/internal/blobs/` is the listing (for the other origins of a cluster).
+    let listing = curl(&[&url("/internal/blobs/")]);
+    assert_eq!(listing.status, 200);
+    assert!(listing.body == br#"{"blobs":[],"next":null}"#);
+    check(&[&url("/internal/blobs/?n=0")], 400, "SIZE_INVALID");
+    check(&[&url("/internal/blobs/?n=1001")], 400, "SIZE_INVALID");
+    let reply = curl(&["-X", "PUT", "-d", "x", &url("/internal/blobs/")]);
+    assert_eq!(reply.status, 405);
     check(&[&url("/v2/")], 404, "NAME_UNKNOWN");
     check(&[&url("/internal/tags/a/b")], 404, "NAME_UNKNOWN");
     let reply = curl(&["-X", "DELETE", &url(&format!("/internal/blobs/{unknown}"))]);
@@ -260,6 +267,10 @@ fn a_blob_put_to_the_origin_is_pulled_through_an_agent_also_after_a_restart() {
     let blob = bytes((5 << 20) + 4321, 4);
     let digest = Digest::sha256_of(&blob);
     assert_eq!(fixture.put(&digest, &blob).status, 201);
+    let listing = curl(&[&fixture.server().url("/internal/blobs/?n=1")]);
+    assert_eq!(listing.status, 200);
+    let expected = format!(r#"{{"blobs":["{digest}"],"next":null}}"#);
+    assert!(listing.body == expected.as_bytes());
 
     let (dir, tracker) = (fixture.dir.clone(), fixture.tracker);
     let pull = |name: &str| {

@@ -82,6 +82,11 @@ fn the_shipped_origin_config_parses_and_states_the_defaults() {
     assert_eq!(file.engine.peer_listen, Some(defaults::PEER_LISTEN));
     let cluster = crate::cluster::ClusterConfig::new(Vec::new());
     assert_eq!(file.origin.cluster, None);
+    assert!(file.backend.is_empty());
+    assert_eq!(
+        file.origin.namespace.as_deref(),
+        Some(crate::origin::NAMESPACE_DEFAULT)
+    );
     assert_eq!(file.origin.replicas, Some(cluster.replicas));
     assert_eq!(
         file.origin.health_interval.map(|s| s.0),
