@@ -597,7 +597,9 @@ impl Bench<'_> {
     fn run_shoal(&self, dir: &Path) -> Result<SystemResult, String> {
         let scenario = self.scenario;
         let shoal = &self.shoal;
-        let envs = [("SHOAL_LOG", "warn")];
+        // `SHOAL_PERF_LOG` sets the components' `SHOAL_LOG` (default `warn`).
+        let log = std::env::var("SHOAL_PERF_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let envs = [("SHOAL_LOG", log.as_str())];
         let tracker_addr = format!("{TRACKER_IP}:{TRACKER_PORT}");
         let origin_addr = format!("{ORIGIN_IP}:{ORIGIN_PORT}");
         let s = |items: &[&str]| -> Vec<String> { items.iter().map(|i| (*i).to_owned()).collect() };

@@ -208,6 +208,45 @@ impl RunLock {
 #[derive(Debug)]
 pub struct Net {
     hosts: usize,
+    /// The ARP table's garbage-collection thresholds before [`Net::build`] raised them,
+    /// restored when the network is dropped.
+    neigh_before: Option<[String; 3]>,
+}
+
+/// The IPv4 neighbour (ARP) table's thresholds. The table is one for every namespace of the
+/// machine, so its default hard limit (1,024 entries) is too small for an emulated network
+/// in which every host learns every other host's address (66 hosts: about 4,400 entries):
+/// past it the kernel logs "neighbor table overflow" and a host that has not talked to a
+/// peer yet cannot resolve it at all (late joiners could not reach the tracker).
+const NEIGH_THRESH: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+/// Raises the thresholds so that `entries` fit without garbage collection (never lowers
+/// one); returns the previous values.
+fn raise_neigh_thresholds(entries: u64) -> Result<[String; 3], String> {
+    let mut before: [String; 3] = Default::default();
+    for (i, path) in NEIGH_THRESH.iter().enumerate() {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+        before[i] = text.trim().to_owned();
+    }
+    for (i, path) in NEIGH_THRESH.iter().enumerate() {
+        let wanted = entries << i; // thresh1 = entries, thresh2 = 2×, thresh3 = 4×
+        let current: u64 = before[i].parse().unwrap_or(0);
+        if wanted > current {
+            std::fs::write(path, wanted.to_string()).map_err(|e| format!("writing {path}: {e}"))?;
+        }
+    }
+    Ok(before)
+}
+
+fn restore_neigh_thresholds(before: &[String; 3]) {
+    // Highest first going down, so thresh1 ≤ thresh2 ≤ thresh3 holds at every step.
+    for (path, value) in NEIGH_THRESH.iter().zip(before.iter()).rev() {
+        let _ = std::fs::write(path, value);
+    }
 }
 
 fn tbf(dev: &str, bytes_per_s: f64) -> String {
@@ -226,7 +265,12 @@ impl Net {
             return Err(format!("{hosts} hosts: between 1 and {HOSTS_MAX}"));
         }
         cleanup_leftovers()?;
-        let net = Net { hosts };
+        let nodes = hosts as u64 + 3; // the hosts, the origin's, the tracker's, the bridge
+        let neigh_before = Some(raise_neigh_thresholds(nodes * nodes + 1024)?);
+        let net = Net {
+            hosts,
+            neigh_before,
+        };
         run("ip", &["netns", "add", BRIDGE_NS], None)?;
         run(
             "ip",
@@ -318,6 +362,9 @@ impl Net {
 impl Drop for Net {
     fn drop(&mut self) {
         let _ = self.teardown();
+        if let Some(before) = self.neigh_before.take() {
+            restore_neigh_thresholds(&before);
+        }
     }
 }
 
