@@ -36,6 +36,7 @@
 //! target/release/shoal-sim configs/sim/kraken-2600.toml --hosts 200 --seed 7 --time-limit-s 60
 //! ```
 
+pub mod clients;
 pub mod flows;
 pub mod geometry;
 pub mod harness;

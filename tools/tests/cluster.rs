@@ -6,10 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+
 use std::time::{Duration, Instant};
 
+use shoal_perf::clients::{curl_status, layout_blobs as blobs, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
 use shoal_perf::procs::{Proc, Scratch, Shoal};
 use shoal_proto::Digest;
@@ -17,64 +18,6 @@ use shoal_servers::cluster::{ClusterConfig, OriginCluster};
 
 const WAIT: Duration = Duration::from_secs(120);
 const REPLICAS: usize = 2;
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn skopeo_copy(from: &str, to: &str) {
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--quiet",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            from,
-            to,
-        ],
-    );
-}
-
-/// Every blob of an OCI layout: (hex digest, bytes), sorted.
-fn blobs(layout: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut blobs: Vec<(String, Vec<u8>)> = std::fs::read_dir(layout.join("blobs/sha256"))
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(entry.path()).unwrap())
-        })
-        .collect();
-    blobs.sort();
-    blobs
-}
-
-fn curl_status(args: &[&str], url: &str) -> String {
-    let output = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "30",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap();
-    String::from_utf8(output.stdout).unwrap()
-}
 
 /// The address at the end of a `… listening on ADDR` line.
 fn listening(proc: &mut Proc, prefix: &str) -> String {

@@ -7,9 +7,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
+use shoal_perf::clients::{layout_blobs as blobs, run, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
 use shoal_perf::procs::{DevCluster, Scratch, Shoal};
 
@@ -21,45 +22,6 @@ fn start_dev(scratch: &Scratch, salt: u32) -> DevCluster {
     shoal.log = "warn".to_owned();
     shoal.wait_max = WAIT;
     shoal.dev(scratch, salt).unwrap()
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn skopeo_copy(from: &str, to: &str) {
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--quiet",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            from,
-            to,
-        ],
-    );
-}
-
-fn blobs(layout: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut blobs: Vec<(String, Vec<u8>)> = std::fs::read_dir(layout.join("blobs/sha256"))
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            (name, std::fs::read(entry.path()).unwrap())
-        })
-        .collect();
-    blobs.sort();
-    blobs
 }
 
 #[test]

@@ -8,55 +8,15 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use shoal_perf::clients::{layout_blobs as blobs, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
 use shoal_perf::procs::{Proc, Scratch, free_port, moto_server, wait_port_free};
 
 const WAIT: Duration = Duration::from_secs(120);
 const BUCKET: &str = "shoal-origin";
-
-fn run(program: &str, args: &[&str]) -> Output {
-    let output = Command::new(program).args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-fn skopeo_copy(from: &str, to: &str) {
-    run(
-        "skopeo",
-        &[
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--quiet",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            from,
-            to,
-        ],
-    );
-}
-
-fn blobs(layout: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut blobs: Vec<(String, Vec<u8>)> = std::fs::read_dir(layout.join("blobs/sha256"))
-        .unwrap()
-        .map(|entry| {
-            let entry = entry.unwrap();
-            (
-                entry.file_name().to_string_lossy().into_owned(),
-                std::fs::read(entry.path()).unwrap(),
-            )
-        })
-        .collect();
-    blobs.sort();
-    blobs
-}
 
 /// Whether the bucket holds the blob (from the bucket's listing: moto answers anonymous
 /// listings, not anonymous reads of the objects).
