@@ -439,42 +439,20 @@ impl Registry {
     ) -> Result<Option<TagTarget>, RegistryError> {
         let what = format!("GET tag {repo}:{tag}");
         let path = format!("/internal/tags/{repo}/{tag}");
-        let response = self
-            .call(
-                BUILD_INDEX,
-                Method::GET,
-                &path,
-                HeaderMap::new(),
-                ClientBody::empty(),
-            )
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let bytes = self
-                    .read(
-                        BUILD_INDEX,
-                        &what,
-                        response.into_body(),
-                        INDEX_RESPONSE_BYTES_MAX,
-                    )
-                    .await?;
-                let invalid = |message: String| RegistryError::Invalid {
-                    upstream: BUILD_INDEX,
-                    what: what.clone(),
-                    message,
-                };
-                let raw: RawTagTarget =
-                    serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-                let digest = Digest::parse(&raw.digest).map_err(|e| invalid(e.to_string()))?;
-                Ok(Some(TagTarget {
-                    digest,
-                    media_type: raw.media_type,
-                    version: raw.version,
-                }))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            status => Err(status_error(BUILD_INDEX, what, status)),
-        }
+        let Some((_, bytes)) = self
+            .get_index(&path, &what, INDEX_RESPONSE_BYTES_MAX)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let raw: RawTagTarget =
+            serde_json::from_slice(&bytes).map_err(|e| invalid(&what, e.to_string()))?;
+        let digest = Digest::parse(&raw.digest).map_err(|e| invalid(&what, e.to_string()))?;
+        Ok(Some(TagTarget {
+            digest,
+            media_type: raw.media_type,
+            version: raw.version,
+        }))
     }
 
     /// Points `repo:tag` at `digest`. The caller makes sure everything the manifest
@@ -551,44 +529,20 @@ impl Registry {
     ) -> Result<Option<ManifestRecord>, RegistryError> {
         let what = format!("GET manifest record {repo}@{digest}");
         let path = format!("/internal/manifests/{repo}/{digest}");
-        let response = self
-            .call(
-                BUILD_INDEX,
-                Method::GET,
-                &path,
-                HeaderMap::new(),
-                ClientBody::empty(),
-            )
-            .await?;
-        match response.status() {
-            StatusCode::OK => {
-                let bytes = self
-                    .read(
-                        BUILD_INDEX,
-                        &what,
-                        response.into_body(),
-                        INDEX_RESPONSE_BYTES_MAX,
-                    )
-                    .await?;
-                let record = ManifestRecord::from_json(&bytes).map_err(|message| {
-                    RegistryError::Invalid {
-                        upstream: BUILD_INDEX,
-                        what: what.clone(),
-                        message,
-                    }
-                })?;
-                if record.digest != *digest {
-                    return Err(RegistryError::Invalid {
-                        upstream: BUILD_INDEX,
-                        what,
-                        message: format!("the record is of {}", record.digest),
-                    });
-                }
-                Ok(Some(record))
-            }
-            StatusCode::NOT_FOUND => Ok(None),
-            status => Err(status_error(BUILD_INDEX, what, status)),
+        let Some((_, bytes)) = self
+            .get_index(&path, &what, INDEX_RESPONSE_BYTES_MAX)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let record = ManifestRecord::from_json(&bytes).map_err(|m| invalid(&what, m))?;
+        if record.digest != *digest {
+            return Err(invalid(
+                &what,
+                format!("the record is of {}", record.digest),
+            ));
         }
+        Ok(Some(record))
     }
 
     /// Records that `repo` holds `record.digest` (and, with a subject, lists it as a
@@ -670,36 +624,18 @@ impl Registry {
     ) -> Result<Vec<serde_json::Value>, RegistryError> {
         let what = format!("GET referrers of {repo}@{subject}");
         let path = format!("/internal/referrers/{repo}/{subject}");
-        let response = self
-            .call(
-                BUILD_INDEX,
-                Method::GET,
-                &path,
-                HeaderMap::new(),
-                ClientBody::empty(),
-            )
-            .await?;
-        if response.status() != StatusCode::OK {
-            return Err(status_error(BUILD_INDEX, what, response.status()));
-        }
-        let bytes = self
-            .read(
-                BUILD_INDEX,
-                &what,
-                response.into_body(),
-                REFERRERS_RESPONSE_BYTES_MAX,
-            )
-            .await?;
+        let Some((_, bytes)) = self
+            .get_index(&path, &what, REFERRERS_RESPONSE_BYTES_MAX)
+            .await?
+        else {
+            return Err(status_error(BUILD_INDEX, what, StatusCode::NOT_FOUND));
+        };
         #[derive(Deserialize)]
         struct Listing {
             manifests: Vec<serde_json::Value>,
         }
         let listing: Listing =
-            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Invalid {
-                upstream: BUILD_INDEX,
-                what,
-                message: e.to_string(),
-            })?;
+            serde_json::from_slice(&bytes).map_err(|e| invalid(&what, e.to_string()))?;
         Ok(listing.manifests)
     }
 
@@ -731,6 +667,29 @@ impl Registry {
     }
 
     async fn list(&self, path: &str, what: String) -> Result<Option<Listing>, RegistryError> {
+        let Some((headers, body)) = self
+            .get_index(path, &what, INDEX_RESPONSE_BYTES_MAX)
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .map_err(|e| invalid(&what, e.to_string()))?;
+        let next_query = headers
+            .get(header::LINK)
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link_query);
+        Ok(Some(Listing { body, next_query }))
+    }
+
+    /// `GET path` on the build-index: the response's headers and body (at most `max` bytes)
+    /// on 200, `None` on 404, an error naming `what` on any other status.
+    async fn get_index(
+        &self,
+        path: &str,
+        what: &str,
+        max: usize,
+    ) -> Result<Option<(HeaderMap, Bytes)>, RegistryError> {
         let response = self
             .call(
                 BUILD_INDEX,
@@ -742,31 +701,22 @@ impl Registry {
             .await?;
         match response.status() {
             StatusCode::OK => {
-                let next_query = response
-                    .headers()
-                    .get(header::LINK)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(next_link_query);
-                let body = self
-                    .read(
-                        BUILD_INDEX,
-                        &what,
-                        response.into_body(),
-                        INDEX_RESPONSE_BYTES_MAX,
-                    )
-                    .await?;
-                if let Err(e) = serde_json::from_slice::<serde_json::Value>(&body) {
-                    return Err(RegistryError::Invalid {
-                        upstream: BUILD_INDEX,
-                        what,
-                        message: e.to_string(),
-                    });
-                }
-                Ok(Some(Listing { body, next_query }))
+                let (parts, body) = response.into_parts();
+                let bytes = self.read(BUILD_INDEX, what, body, max).await?;
+                Ok(Some((parts.headers, bytes)))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            status => Err(status_error(BUILD_INDEX, what, status)),
+            status => Err(status_error(BUILD_INDEX, what.to_owned(), status)),
         }
+    }
+}
+
+/// A build-index answer to `what` that does not make sense.
+fn invalid(what: &str, message: String) -> RegistryError {
+    RegistryError::Invalid {
+        upstream: BUILD_INDEX,
+        what: what.to_owned(),
+        message,
     }
 }
 
