@@ -175,6 +175,11 @@ pub enum IndexError {
     /// removes it.
     #[error("manifest record {} is corrupt: {reason}", path.display())]
     CorruptManifest { path: PathBuf, reason: String },
+
+    /// A tag write could not be journaled for its storage backend (the journal's disk
+    /// failed, or too many tags wait for the backend already); nothing was changed.
+    #[error("tag write-through journal: {reason}")]
+    Journal { reason: String },
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IndexError + 'a {
@@ -356,6 +361,11 @@ impl TagStore {
             _lock_file: lock_file,
         };
         Ok((store, report))
+    }
+
+    /// Whether `root` holds a tag store already (one was opened there before).
+    pub fn exists(root: &Path) -> bool {
+        root.join("lock").is_file()
     }
 
     /// The current record of `repo:tag`, `None` if the tag does not exist. Reads the record

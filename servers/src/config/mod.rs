@@ -370,6 +370,10 @@ impl OriginSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BuildIndexFile {
     pub build_index: BuildIndexSection,
+    /// `[[backend]]`: the storage backends tags are written through to and read back from
+    /// ([`backends::BackendEntry`], documented in `configs/backends.toml`); none: the
+    /// build-index's disk is the only copy.
+    pub backend: Vec<backends::BackendEntry>,
     pub http: HttpSection,
 }
 
