@@ -11,7 +11,7 @@ use std::sync::Arc;
 use clap::Args;
 use shoal_servers::backend::Backends;
 use shoal_servers::build_index::TagStore;
-use shoal_servers::build_index::backing::{Backing, BackingConfig};
+use shoal_servers::build_index::backing::{Backing, BackingConfig, Clock};
 use shoal_servers::build_index::server::BuildIndex;
 use shoal_servers::config::backends::BackendsFile;
 use shoal_servers::config::{BuildIndexFile, defaults};
@@ -66,9 +66,11 @@ pub fn run(args: BuildIndexArgs) -> Result<(), String> {
             backend: keys.backend.clone(),
         };
         let backends = Backends::build(&file_of_backends).map_err(|e| file.error(e))?;
+        let mut backing = BackingConfig::default();
+        keys.build_index.overlay(&mut backing);
         Some(Storage {
             backends,
-            config: BackingConfig::default(),
+            config: backing,
         })
     };
     serve::run_until(
@@ -127,7 +129,7 @@ pub async fn serve(
             let store = Arc::clone(index.store());
             let backends = Arc::new(storage.backends);
             let backing = compio::runtime::spawn_blocking(move || {
-                Backing::open(&data_dir, store, backends, storage.config)
+                Backing::open(&data_dir, store, backends, storage.config, Clock::system())
             })
             .await
             .map_err(|_| "build-index: opening the write-through journal panicked".to_owned())?

@@ -13,12 +13,29 @@
 //! never read back (the local state is the truth: a deleted tag stays deleted), and a value
 //! read while a local write happened is not stored ([`TagSync::store_read_back`]).
 //!
+//! **Read-only upstreams (pull-through).** A repository whose backend is read-only (an
+//! upstream registry, an HTTP mirror) is someone else's, and its tags move. A tag read back
+//! from it is stored as *learned* ([`TagRecord::from_upstream`]) and served from the local
+//! store for [`BackingConfig::upstream_tag_ttl`] after it was learned or last confirmed;
+//! after that a GET resolves it upstream again (concurrent GETs share one resolution): a new
+//! digest replaces the local record (compare-and-set on the version that was read), the
+//! same digest confirms it for another TTL, a tag the upstream no longer has is removed
+//! locally, and an upstream that cannot be reached (or answers garbage) leaves the cached
+//! record served, confirmed for another TTL so that every GET does not wait on it. Tags
+//! *pushed* to such a repository are local: not written anywhere, never re-resolved, they
+//! shadow the upstream's tag of the same name; deleting one uncovers the upstream's again.
+//! Times are wall-clock ([`Clock`], injectable for tests): learned times persist across
+//! restarts; a clock that went backwards makes a tag stale, never fresh for longer.
+//!
 //! **Listing.** `list_tags` merges the local page with the backend's (`tags/<repo>/…`,
 //! only direct children: `tags/<repo>/<x>/<y>` is a tag of `<repo>/<x>`), sorted and
 //! paginated the same way, so the tags survive the loss of the build-index's disk. A backend
 //! that cannot be listed leaves the local page (logged): listing is not worth an outage.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use shoal_proto::Digest;
 
@@ -45,10 +62,60 @@ const READ_BACK_ATTEMPTS_MAX: usize = 3;
 /// tags of the repositories below it, which are skipped.
 const LIST_PAGES_PER_REQUEST_MAX: usize = 16;
 
+/// Confirmation times of learned tags kept in memory; past it the oldest are dropped (a
+/// dropped tag falls back to its record's learned time: re-resolved sooner, never later).
+pub const CONFIRMED_MAX: usize = 100_000;
+
+/// [`BackingConfig::upstream_tag_ttl`] by default.
+pub const UPSTREAM_TAG_TTL_DEFAULT: Duration = Duration::from_secs(60);
+
 /// The settings of a backed build-index.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BackingConfig {
     pub sync: TagSyncConfig,
+    /// How long a tag learned from a read-only upstream is served before it is resolved
+    /// upstream again.
+    pub upstream_tag_ttl: Duration,
+}
+
+impl Default for BackingConfig {
+    fn default() -> BackingConfig {
+        BackingConfig {
+            sync: TagSyncConfig::default(),
+            upstream_tag_ttl: UPSTREAM_TAG_TTL_DEFAULT,
+        }
+    }
+}
+
+/// The wall clock, injectable (tests run a fake one).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Clock {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Whether a learned tag last confirmed at `confirmed` is still served without asking the
+/// upstream at `now`: younger than `ttl`. A `confirmed` in the future (the clock went
+/// backwards) is stale.
+pub fn upstream_tag_fresh(confirmed: SystemTime, now: SystemTime, ttl: Duration) -> bool {
+    now.duration_since(confirmed).is_ok_and(|age| age < ttl)
 }
 
 /// What a backed tag read can fail with.
@@ -67,6 +134,12 @@ pub struct Backing {
     backends: Arc<Backends>,
     sync: Arc<TagSync>,
     flights: Flights<Option<TagRecord>>,
+    upstream_tag_ttl: Duration,
+    clock: Clock,
+    /// When each learned tag was last learned or confirmed upstream (at most
+    /// [`CONFIRMED_MAX`]); a tag not here (after a restart) counts from its record's
+    /// `updated_at`.
+    confirmed: Mutex<HashMap<(String, String), SystemTime>>,
 }
 
 impl Backing {
@@ -76,6 +149,7 @@ impl Backing {
         store: Arc<TagStore>,
         backends: Arc<Backends>,
         config: BackingConfig,
+        clock: Clock,
     ) -> Result<Backing, IndexError> {
         let sync = TagSync::open(root, Arc::clone(&backends), config.sync)?;
         Ok(Backing {
@@ -83,6 +157,9 @@ impl Backing {
             backends,
             sync: Arc::new(sync),
             flights: Flights::new(READ_BACKS_MAX),
+            upstream_tag_ttl: config.upstream_tag_ttl,
+            clock,
+            confirmed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -100,19 +177,123 @@ impl Backing {
         compio::runtime::spawn(sync.run(store)).detach();
     }
 
-    /// The tag, from the local store, else read back from the repository's backend.
+    /// The tag, from the local store, else read back from the repository's backend; a
+    /// learned tag past its TTL is resolved upstream again first.
     pub async fn get(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, BackedError> {
-        if let Some(record) = self.local(repo, tag).await? {
-            return Ok(Some(record));
-        }
-        if self.backends.for_namespace(repo).is_err() || self.sync.is_dirty(repo, tag) {
-            return Ok(None);
-        }
+        let local = self.local(repo, tag).await?;
+        let Ok(backend) = self.backends.for_namespace(repo) else {
+            return Ok(local);
+        };
         let flight = format!("{repo}\n{tag}");
-        Ok(self
-            .flights
-            .run(&flight, || self.read_back(repo, tag))
-            .await?)
+        match local {
+            Some(record) if !record.from_upstream || self.fresh(repo, tag, &record) => {
+                Ok(Some(record))
+            }
+            Some(record) => Ok(self
+                .flights
+                .run(&flight, || self.refresh(repo, tag, record.clone()))
+                .await?),
+            None if self.sync.is_dirty(repo, tag) => Ok(None),
+            None => {
+                let learned = backend.read_only();
+                Ok(self
+                    .flights
+                    .run(&flight, || self.read_back(repo, tag, learned))
+                    .await?)
+            }
+        }
+    }
+
+    /// Whether a learned tag may be served without asking the upstream.
+    fn fresh(&self, repo: &str, tag: &str, record: &TagRecord) -> bool {
+        let key = (repo.to_owned(), tag.to_owned());
+        let confirmed = self
+            .confirmed
+            .lock()
+            .ok()
+            .and_then(|confirmed| confirmed.get(&key).copied())
+            .unwrap_or(record.updated_at);
+        upstream_tag_fresh(confirmed, self.clock.now(), self.upstream_tag_ttl)
+    }
+
+    /// Records that `repo:tag` was confirmed upstream now (`None`: forgets it).
+    fn confirm(&self, repo: &str, tag: &str, at: Option<SystemTime>) {
+        let Ok(mut confirmed) = self.confirmed.lock() else {
+            return;
+        };
+        let key = (repo.to_owned(), tag.to_owned());
+        let Some(at) = at else {
+            confirmed.remove(&key);
+            return;
+        };
+        if confirmed.len() >= CONFIRMED_MAX && !confirmed.contains_key(&key) {
+            let (now, ttl) = (self.clock.now(), self.upstream_tag_ttl);
+            confirmed.retain(|_, at| upstream_tag_fresh(*at, now, ttl));
+            if confirmed.len() >= CONFIRMED_MAX {
+                return; // falls back to the record's learned time
+            }
+        }
+        confirmed.insert(key, at);
+    }
+
+    /// Resolves a learned tag upstream again; what to serve.
+    async fn refresh(
+        &self,
+        repo: &str,
+        tag: &str,
+        cached: TagRecord,
+    ) -> Result<Option<TagRecord>, BackendError> {
+        let unavailable = |e: IndexError| {
+            BackendError::unavailable(format!("storing {repo}:{tag} resolved upstream: {e}"))
+        };
+        let now = self.clock.now();
+        match self.read_remote(repo, tag).await {
+            Err(error) => {
+                tracing::warn!(repo, tag, %error, "upstream tag not re-resolved; the cached one is served");
+                self.confirm(repo, tag, Some(now));
+                Ok(Some(cached))
+            }
+            Ok(Some((digest, _))) if digest == cached.digest => {
+                self.confirm(repo, tag, Some(now));
+                Ok(Some(cached))
+            }
+            Ok(Some((digest, record))) => {
+                let (r, t) = (repo.to_owned(), tag.to_owned());
+                let (sync, store) = (Arc::clone(&self.sync), Arc::clone(&self.store));
+                let media_type = record.media_type.clone();
+                let version = cached.version;
+                let stored = blocking(move || {
+                    sync.write(|_| {
+                        store.put_manifest(&r, &record)?;
+                        store.put_learned(&r, &t, digest, &media_type, Some(version))
+                    })
+                })
+                .await;
+                match stored {
+                    Ok(record) => {
+                        self.confirm(repo, tag, Some(now));
+                        tracing::info!(repo, tag, from = %cached.digest, to = %digest, "upstream tag moved");
+                        Ok(Some(record))
+                    }
+                    // Pushed or moved here meanwhile: the local state wins.
+                    Err(IndexError::Conflict { .. }) => {
+                        self.local(repo, tag).await.map_err(unavailable)
+                    }
+                    Err(error) => Err(unavailable(error)),
+                }
+            }
+            Ok(None) => {
+                let (r, t) = (repo.to_owned(), tag.to_owned());
+                let (sync, store) = (Arc::clone(&self.sync), Arc::clone(&self.store));
+                let version = cached.version;
+                blocking(move || sync.write(|_| store.delete_version(&r, &t, version)))
+                    .await
+                    .map_err(unavailable)?;
+                self.confirm(repo, tag, None);
+                tracing::info!(repo, tag, "upstream tag gone; forgotten here");
+                self.local(repo, tag).await.map_err(unavailable)
+            }
+        }
     }
 
     /// A page of `repo`'s tags: the local ones and the backend's, merged.
@@ -182,12 +363,18 @@ impl Backing {
 
     /// Reads `repo:tag` from the backend and stores it locally; `None` if the backend does
     /// not have it.
-    async fn read_back(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, BackendError> {
+    async fn read_back(
+        &self,
+        repo: &str,
+        tag: &str,
+        learned: bool,
+    ) -> Result<Option<TagRecord>, BackendError> {
         let unavailable = |e: IndexError| {
             BackendError::unavailable(format!("storing {repo}:{tag} read from the backend: {e}"))
         };
         for _ in 0..READ_BACK_ATTEMPTS_MAX {
             let epoch = self.sync.epoch();
+            let now = self.clock.now();
             let Some((digest, record)) = self.read_remote(repo, tag).await? else {
                 return Ok(None);
             };
@@ -197,12 +384,19 @@ impl Backing {
             let stored = blocking(move || {
                 sync.store_read_back(epoch, &r, &t, || {
                     store.put_manifest(&r, &record)?;
-                    store.put(&r, &t, digest, &media_type, Some(0))
+                    if learned {
+                        store.put_learned(&r, &t, digest, &media_type, Some(0))
+                    } else {
+                        store.put(&r, &t, digest, &media_type, Some(0))
+                    }
                 })
             })
             .await;
             match stored {
                 Ok(Some(record)) => {
+                    if learned {
+                        self.confirm(repo, tag, Some(now));
+                    }
                     tracing::info!(repo, tag, %digest, "tag read back from the storage backend");
                     return Ok(Some(record));
                 }
@@ -353,3 +547,6 @@ async fn blocking<T: Send + 'static>(
             reason: "a tag store task panicked".to_owned(),
         })?
 }
+
+#[cfg(test)]
+mod tests;
