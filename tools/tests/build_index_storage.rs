@@ -262,12 +262,17 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
     let at = |agent: &str, reference: &str| format!("docker://{agent}/s3/app:{reference}");
 
     // A pushed tag lands in the bucket; moved to a second image, the bucket follows.
+    for tag in ["keep", "gone"] {
+        skopeo_copy(&src("one"), &at(&first_agent, tag));
+    }
     skopeo_copy(&src("one"), &at(&first_agent, "v1"));
     assert_eq!(manifest_digest(&first_agent, "s3/app", "v1"), one.digest);
     wait_tag_object(s3_port, "tags/s3/app/v1", &one.digest);
     skopeo_copy(&src("two"), &at(&first_agent, "v1"));
     assert_eq!(manifest_digest(&first_agent, "s3/app", "v1"), two.digest);
     wait_tag_object(s3_port, "tags/s3/app/v1", &two.digest);
+    wait_tag_object(s3_port, "tags/s3/app/keep", &one.digest);
+    wait_tag_object(s3_port, "tags/s3/app/gone", &one.digest);
     let pulled = scratch.path("pulled-1");
     skopeo_copy(
         &at(&first_agent, "v1"),
@@ -299,6 +304,20 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
         procs.start("build-index", &index_args, &scratch),
         "build-index listening on ",
     );
+    // On the empty store: a compare-and-set that fails leaves the bucket's tag alone; a
+    // DELETE of a tag only the bucket holds deletes it there.
+    let tag_url = |tag: &str| format!("http://{build_index}/internal/tags/s3/app/{tag}");
+    let body = format!(
+        r#"{{"digest":"{}","media_type":"application/vnd.oci.image.manifest.v1+json","expected_version":12345}}"#,
+        two.digest
+    );
+    let status = |args: &[&str], url: &str| shoal_perf::clients::curl_status(args, url);
+    assert_eq!(
+        status(&["-X", "PUT", "--data-binary", &body], &tag_url("keep")),
+        "409"
+    );
+    assert_eq!(status(&["-X", "DELETE"], &tag_url("gone")), "202");
+    assert_eq!(status(&[], &tag_url("gone")), "404");
     let second_agent = agent(&mut procs, "agent-2");
     let pulled = scratch.path("pulled-2");
     skopeo_copy(
@@ -317,6 +336,15 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
     assert!(
         log.contains("tag read back from the storage backend"),
         "{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while s3_object(s3_port, "tags/s3/app/gone").is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(s3_object(s3_port, "tags/s3/app/gone"), None);
+    assert_eq!(
+        s3_object(s3_port, "tags/s3/app/keep").as_deref(),
+        Some(one.digest.as_str())
     );
     let listed = shoal_perf::clients::run(
         "curl",

@@ -42,6 +42,13 @@
 //! tag code); `n` that is not a decimal number is 400 `SIZE_INVALID`. `n` is capped at
 //! [`PAGE_LEN_MAX`] (also the default); `n=0` is an empty page.
 //!
+//! With storage backends ([`BuildIndex::with_backing`], `backing.rs`): tag PUTs and DELETEs
+//! (and the tags a manifest DELETE removes) are journaled for the repository's backend
+//! before they are answered (503 `UNAVAILABLE` if that cannot be done; nothing changed); a
+//! tag GET that misses locally is read back from the backend (503 `UNAVAILABLE` if it cannot
+//! be reached, 500 `UNKNOWN` if what it holds is unusable); tag listings include the
+//! backend's tags.
+//!
 //! No cache: every GET reads the store, so a PUT is visible to the very next GET (mutable
 //! tags). Every store call runs on compio's blocking pool (`spawn_blocking`): the store does
 //! blocking file I/O and fsyncs.
@@ -249,6 +256,15 @@ impl BuildIndex {
         .await
     }
 
+    /// With backends, makes sure a tag missing locally is read back (before a write that
+    /// depends on whether it exists).
+    async fn read_back(&self, repo: &str, tag: &str) -> Result<(), Failure> {
+        if let Some(backing) = &self.backing {
+            backing.get(repo, tag).await.map_err(backed_error)?;
+        }
+        Ok(())
+    }
+
     async fn get(&self, repo: &str, tag: &str) -> Result<Response<LocalBody>, Failure> {
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
         let found = match &self.backing {
@@ -282,6 +298,11 @@ impl BuildIndex {
             )
         })?;
         let digest = parse_digest(&request.digest)?;
+        if request.expected_version.is_some() {
+            // A compare-and-set is against the tag as the backend knows it too (a store
+            // that lost its disk reads it back first).
+            self.read_back(repo, tag).await?;
+        }
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
         let record = self
             .write(move |store, mark| {
@@ -300,6 +321,8 @@ impl BuildIndex {
     }
 
     async fn delete(&self, repo: &str, tag: &str) -> Result<Response<LocalBody>, Failure> {
+        // A tag only the backend holds is deleted there too.
+        self.read_back(repo, tag).await?;
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
         if self
             .write(move |store, mark| {

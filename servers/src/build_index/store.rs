@@ -182,6 +182,26 @@ pub enum IndexError {
     Journal { reason: String },
 }
 
+impl IndexError {
+    /// Whether the refused or failed write changed nothing on disk: a refusal before any
+    /// write (bad input, a conflict, a bound), not an I/O failure part-way.
+    pub fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Name(_)
+                | IndexError::MediaType(_)
+                | IndexError::Conflict { .. }
+                | IndexError::RepositoryUnknown { .. }
+                | IndexError::Corrupt { .. }
+                | IndexError::Poisoned
+                | IndexError::VersionsExhausted
+                | IndexError::ManifestInvalid { .. }
+                | IndexError::TooManyReferrers { .. }
+                | IndexError::Journal { .. }
+        )
+    }
+}
+
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IndexError + 'a {
     move |source| IndexError::Io {
         op,

@@ -50,6 +50,7 @@ use event_listener::Event;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use super::TagRecord;
 use super::store::{IndexError, TagStore};
 use super::{validate_repository, validate_tag};
 use crate::backend::{BackendError, Backends, ByteStream, Key, PutSource, tag_object};
@@ -229,6 +230,16 @@ impl Queue {
         }
     }
 
+    /// The generation of a dirty tag.
+    pub fn generation(&self, key: &TagKey) -> Option<u64> {
+        self.dirty.get(key).map(|dirty| dirty.generation)
+    }
+
+    /// Forgets a mark (one whose write changed nothing after all).
+    pub fn unmark(&mut self, key: &TagKey) {
+        self.dirty.remove(key);
+    }
+
     /// Counts a tag write (see [`Queue::epoch`]).
     fn bump_epoch(&mut self) {
         self.epoch += 1;
@@ -285,6 +296,9 @@ pub struct TagSync {
 #[derive(Debug)]
 pub struct Marks<'a> {
     sync: &'a TagSync,
+    /// Tags this write marked that were not dirty before: unmarked again if the write
+    /// changes nothing after all.
+    fresh: Vec<TagKey>,
 }
 
 impl Marks<'_> {
@@ -312,7 +326,9 @@ impl Marks<'_> {
             let max = queue.config.entries_max;
             queue.mark(&key, Instant::now()).map_err(|Full| full(max))?;
         }
-        self.sync.changed.notify(usize::MAX);
+        if fresh {
+            self.fresh.push(key);
+        }
         Ok(())
     }
 }
@@ -410,7 +426,53 @@ impl TagSync {
     ) -> Result<T, IndexError> {
         let _guard = self.write_lock.lock().map_err(|_| IndexError::Poisoned)?;
         self.lock_queue()?.bump_epoch();
-        op(&mut Marks { sync: self })
+        let mut marks = Marks {
+            sync: self,
+            fresh: Vec::new(),
+        };
+        let result = op(&mut marks);
+        if let Err(error) = &result
+            && error.changed_nothing()
+        {
+            // A refused write (a conflict, a bad media type) must not deliver the unchanged
+            // local state: after a lost disk that would delete the backend's copy.
+            for key in marks.fresh.drain(..) {
+                self.unmark(&key);
+            }
+        }
+        if !marks.fresh.is_empty() || result.is_ok() {
+            self.changed.notify(usize::MAX);
+        }
+        result
+    }
+
+    /// Clears a mark this write made (under the write lock): its file, then its entry. A
+    /// file that cannot be removed keeps the entry (the mark stays, as on disk).
+    fn unmark(&self, key: &TagKey) {
+        let path = self.dir.join(format!("{}{DIRTY_SUFFIX}", file_stem(key)));
+        match std::fs::remove_file(&path).and_then(|()| sync_dir(&self.dir)) {
+            Ok(()) => {
+                if let Ok(mut queue) = self.queue.lock() {
+                    queue.unmark(key);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(repo = key.0, tag = key.1, %error, "tag-sync mark not cleared")
+            }
+        }
+    }
+
+    /// A dirty tag's generation and its local record, read together under the write lock
+    /// (so never between a write's mark and its store call); `None` if it is not dirty.
+    /// Blocking.
+    fn snapshot(
+        &self,
+        store: &TagStore,
+        key: &TagKey,
+    ) -> Option<(u64, Result<Option<TagRecord>, IndexError>)> {
+        let _guard = self.write_lock.lock().ok()?;
+        let generation = self.queue.lock().ok()?.generation(key)?;
+        Some((generation, store.get(&key.0, &key.1)))
     }
 
     /// Runs `op` (storing a tag read from the backend) only if no tag write happened since
@@ -454,7 +516,7 @@ impl TagSync {
         loop {
             let listener = self.changed.listen();
             let next = self.queue.lock().ok().and_then(|q| q.next());
-            let Some((key, generation, due)) = next else {
+            let Some((key, _, due)) = next else {
                 listener.await;
                 continue;
             };
@@ -465,7 +527,16 @@ impl TagSync {
                 continue;
             }
             drop(listener);
-            let outcome = self.deliver(&store, &key).await;
+            let (sync, s, k) = (Arc::clone(&self), Arc::clone(&store), key.clone());
+            let Ok(snapshot) = compio::runtime::spawn_blocking(move || sync.snapshot(&s, &k)).await
+            else {
+                tracing::error!("a tag-sync snapshot task panicked");
+                continue;
+            };
+            let Some((generation, local)) = snapshot else {
+                continue; // unmarked meanwhile
+            };
+            let outcome = self.deliver(&key, local).await;
             let sync = Arc::clone(&self);
             let settled =
                 compio::runtime::spawn_blocking(move || sync.settle(&key, generation, outcome))
@@ -477,8 +548,13 @@ impl TagSync {
         }
     }
 
-    /// Puts the tag's current local state to its backend.
-    async fn deliver(&self, store: &Arc<TagStore>, (repo, tag): &TagKey) -> Outcome {
+    /// Puts the tag's local state (`local`, read at the delivered generation) to its
+    /// backend.
+    async fn deliver(
+        &self,
+        (repo, tag): &TagKey,
+        local: Result<Option<TagRecord>, IndexError>,
+    ) -> Outcome {
         let key = match Key::tag(repo, tag) {
             Ok(key) => key,
             Err(error) => {
@@ -486,26 +562,23 @@ impl TagSync {
                 return Outcome::GiveUp;
             }
         };
-        let (r, t, s) = (repo.clone(), tag.clone(), Arc::clone(store));
-        let local = compio::runtime::spawn_blocking(move || s.get(&r, &t)).await;
         let result: Result<(), BackendError> = match local {
-            Ok(Ok(Some(record))) => {
+            Ok(Some(record)) => {
                 let object = tag_object(&record.digest);
                 let len = object.len() as u64;
                 let source = PutSource::Stream(ByteStream::from_bytes(object));
                 self.backends.put(&key, source, len).await
             }
-            Ok(Ok(None)) => self.backends.delete(&key).await,
-            Ok(Err(IndexError::Corrupt { .. })) => {
+            Ok(None) => self.backends.delete(&key).await,
+            Err(IndexError::Corrupt { .. }) => {
                 // Its value is unknown; the next put of the tag marks it again.
                 tracing::error!(repo, tag, "tag record corrupt: not written through");
                 return Outcome::GiveUp;
             }
-            Ok(Err(error)) => {
+            Err(error) => {
                 tracing::warn!(repo, tag, %error, "tag unreadable; write-through retries");
                 return Outcome::Retry;
             }
-            Err(_) => return Outcome::Retry,
         };
         match result {
             Ok(()) => {

@@ -484,3 +484,48 @@ fn an_unreadable_journal_entry_is_set_aside_at_open() {
     assert!(dir.join(format!("{other}.corrupt")).exists());
     assert!(!dir.join(".tmp-zzz").exists());
 }
+
+#[test]
+fn a_refused_write_leaves_no_mark_behind() {
+    let scratch = Scratch::new("refused");
+    let backend = Arc::new(LocalBackend::new(&scratch.0.join("backend")).unwrap());
+    let backends = Arc::new(Backends::single(backend));
+    let root = scratch.0.join("index");
+    let (store, _) = TagStore::open(&root).unwrap();
+    let sync = TagSync::open(&root, backends, config()).unwrap();
+    let digest = Digest::sha256_of(b"m");
+    // A compare-and-set on a tag this store does not have (its disk was lost, say), and a
+    // bad media type: nothing changed, so nothing is delivered (which would delete the
+    // backend's copy).
+    let conflict = sync
+        .write(|marks| {
+            marks.mark("a/b", "x")?;
+            store.put("a/b", "x", digest, MEDIA_TYPE, Some(7))
+        })
+        .unwrap_err();
+    assert!(
+        matches!(conflict, IndexError::Conflict { .. }),
+        "{conflict}"
+    );
+    let invalid = sync
+        .write(|marks| {
+            marks.mark("a/b", "x")?;
+            store.put("a/b", "x", digest, "not a media type", None)
+        })
+        .unwrap_err();
+    assert!(matches!(invalid, IndexError::MediaType(_)), "{invalid}");
+    assert!(sync.is_empty());
+    assert_eq!(std::fs::read_dir(root.join(SYNC_DIR)).unwrap().count(), 0);
+    // A tag already dirty stays dirty after a refused write (its earlier change is owed).
+    sync.write(|marks| {
+        marks.mark("a/b", "y")?;
+        store.put("a/b", "y", digest, MEDIA_TYPE, None)
+    })
+    .unwrap();
+    sync.write(|marks| {
+        marks.mark("a/b", "y")?;
+        store.put("a/b", "y", digest, MEDIA_TYPE, Some(999))
+    })
+    .unwrap_err();
+    assert!(sync.is_dirty("a/b", "y"));
+}
