@@ -4,8 +4,10 @@
 //! with the build-index's and the origin's disks wiped, a fresh agent pulls the image by tag
 //! (tag read back from the bucket, blobs fetched from it) and `tags/list` shows the tag; with
 //! the S3 server down, tag pushes succeed, survive a build-index restart, and reach the
-//! bucket with their latest values once it is back. And a bad `[[backend]]` in the
-//! build-index's file stops its start-up with an error naming it.
+//! bucket with their latest values once it is back. A repository pulled through an upstream
+//! registry (Debian's `docker-registry`): a tag is resolved upstream, re-resolved once its TTL
+//! passed, and served from the cache while the upstream is down. And a bad `[[backend]]` in
+//! the build-index's file stops its start-up with an error naming it.
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -447,4 +449,165 @@ fn a_bad_backend_in_the_build_index_file_stops_its_start_up_naming_it() {
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
     assert!(stderr.contains(BUCKET), "{stderr}");
     assert!(stderr.contains("team/**"), "{stderr}");
+}
+
+/// `docker-registry serve` on `port` over `storage` (Debian's CNCF distribution; `.ci/run`
+/// installs it).
+fn docker_registry(scratch: &Scratch, port: u16, storage: &Path) -> Proc {
+    let config = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 127.0.0.1:{port}\n",
+        storage.display()
+    );
+    let config_path = scratch.path("registry.yml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut proc = Proc::start(
+        "docker-registry",
+        Path::new("docker-registry"),
+        &["serve", config_path.to_str().unwrap()],
+        &[],
+        scratch.path("registry.stderr"),
+    )
+    .expect("docker-registry (apt install docker-registry)");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < deadline && proc.wait_exit(Duration::ZERO).is_none(),
+            "docker-registry never listened: {}",
+            proc.stderr_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proc
+}
+
+/// `GET url`: the status and the body.
+fn get(url: &str) -> (String, String) {
+    let output = Command::new("curl")
+        .args(["-s", "--max-time", "30", "-w", "\n%{http_code}", url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.to_owned(), body.to_owned())
+}
+
+#[test]
+fn a_pull_through_tag_is_resolved_upstream_and_again_after_its_ttl() {
+    let scratch = Scratch::new("build-index-pull-through").unwrap();
+    let port = free_port().unwrap();
+    let mut upstream = docker_registry(&scratch, port, &scratch.path("registry"));
+    let source = scratch.path("source");
+    let mut layout = Layout::new(&source, 5).unwrap();
+    let one = layout.image("amd64", &[20_000]).unwrap();
+    let two = layout.image("arm64", &[30_000]).unwrap();
+    layout.tag(&one, "one");
+    layout.tag(&two, "two");
+    layout.finish().unwrap();
+    let src = |tag: &str| format!("oci:{}:{tag}", source.display());
+    let upstream_ref = format!("docker://127.0.0.1:{port}/library/app:latest");
+    skopeo_copy(&src("one"), &upstream_ref);
+
+    let build_index = format!("127.0.0.1:{}", free_port().unwrap());
+    let file = scratch.path("build-index.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[build_index]
+listen = "{build_index}"
+data_dir = "{}"
+upstream_tag_ttl = "1s"
+
+[[backend]]
+namespace = "hub/**"
+kind = "registry"
+url = "http://127.0.0.1:{port}"
+strip_prefix = "hub/"
+"#,
+            scratch.path("index").display()
+        ),
+    )
+    .unwrap();
+    let mut procs = Procs(Vec::new());
+    listening(
+        procs.start(
+            "build-index",
+            &["build-index", "--config", file.to_str().unwrap()],
+            &scratch,
+        ),
+        "build-index listening on ",
+    );
+    let tag_url = |tag: &str| format!("http://{build_index}/internal/tags/hub/library/app/{tag}");
+    let digest_of = |body: &str| -> String {
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        json["digest"].as_str().unwrap().to_owned()
+    };
+
+    // A miss is resolved upstream; the manifest is then a member of the repository.
+    let (status, body) = get(&tag_url("latest"));
+    assert_eq!(status, "200", "{body}");
+    assert_eq!(digest_of(&body), one.digest);
+    let (status, body) = get(&format!(
+        "http://{build_index}/internal/manifests/hub/library/app/{}",
+        one.digest
+    ));
+    assert_eq!(status, "200", "{body}");
+    assert!(
+        body.contains("application/vnd.oci.image.manifest.v1+json"),
+        "{body}"
+    );
+    let (status, _) = get(&tag_url("nothing"));
+    assert_eq!(status, "404");
+
+    // The tag moves upstream: seen here once the TTL has passed.
+    skopeo_copy(&src("two"), &upstream_ref);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(&tag_url("latest"));
+        assert_eq!(status, "200", "{body}");
+        if digest_of(&body) == two.digest {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A tag pushed here is local (listed with the upstream's).
+    let pushed = format!(
+        r#"{{"digest":"{}","media_type":"application/vnd.oci.image.manifest.v1+json"}}"#,
+        one.digest
+    );
+    assert_eq!(
+        shoal_perf::clients::curl_status(
+            &["-X", "PUT", "--data-binary", &pushed],
+            &tag_url("mine")
+        ),
+        "200"
+    );
+    let (status, body) = get(&format!(
+        "http://{build_index}/internal/tags/hub/library/app/"
+    ));
+    assert_eq!(status, "200", "{body}");
+    assert!(
+        body.contains("\"latest\"") && body.contains("\"mine\""),
+        "{body}"
+    );
+
+    // The upstream goes away: past the TTL the cached tag is still served.
+    upstream.kill();
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..3 {
+        let (status, body) = get(&tag_url("latest"));
+        assert_eq!(status, "200", "{body}");
+        assert_eq!(digest_of(&body), two.digest);
+    }
+    let (status, body) = get(&tag_url("mine"));
+    assert_eq!(
+        (status.as_str(), digest_of(&body)),
+        ("200", one.digest.clone())
+    );
+    let log = procs.log("build-index");
+    assert!(log.contains("upstream tag moved"), "{log}");
+    assert!(log.contains("the cached one is served"), "{log}");
 }
