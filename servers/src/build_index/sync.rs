@@ -345,7 +345,10 @@ impl TagSync {
         let journal = |op: &str, e: io::Error| IndexError::Journal {
             reason: format!("{op} {}: {e}", dir.display()),
         };
-        std::fs::create_dir_all(&dir).map_err(|e| journal("create", e))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(|e| journal("create", e))?;
+            sync_dir(root).map_err(|e| journal("fsync the parent of", e))?;
+        }
         let mut queue = Queue::new(config);
         let now = Instant::now();
         for entry in std::fs::read_dir(&dir).map_err(|e| journal("read", e))? {
