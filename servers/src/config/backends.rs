@@ -343,12 +343,20 @@ mod tests {
             url = "http://127.0.0.1:1"
             username = "robot"
             password = "SECRET-4"
+
+            [[backend]]
+            namespace = "**"
+            kind = "gcs"
+            bucket = "b"
+            endpoint = "http://127.0.0.1:1"
+            allow_http = true
+            bearer_token = "SECRET-5"
         "#;
         let file: BackendsFile = parse(Path::new("b.toml"), text).unwrap();
         let printed = format!("{file:?} {file:#?}");
         let backends = Backends::build(&file).unwrap();
         let printed = format!("{printed} {backends:?} {backends:#?}");
-        for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4"] {
+        for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4", "SECRET-5"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
         assert!(printed.contains("<redacted>"));
