@@ -500,7 +500,7 @@ impl Proxy {
         }
         drop(checks);
 
-        let record = manifest_record(digest, bytes.len(), &references);
+        let record = ManifestRecord::of_manifest(digest, bytes.len(), &references);
         record.validate().map_err(|reason| {
             Failure::new(
                 ErrorCode::ManifestInvalid,
@@ -719,27 +719,6 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Failure> {
                 .ok_or_else(|| Failure::new(ErrorCode::SizeInvalid, "invalid Content-Length"))
         })
         .transpose()
-}
-
-/// What the build-index records for a pushed manifest: its type and size and, for a
-/// referrer (a manifest with a `subject`), the descriptor fields the referrers API lists.
-fn manifest_record(
-    digest: Digest,
-    len: usize,
-    references: &crate::build_index::References,
-) -> ManifestRecord {
-    let referrer = references.subject.is_some();
-    ManifestRecord {
-        digest,
-        media_type: references.kind.media_type().to_owned(),
-        size: Some(len as u64),
-        subject: references.subject,
-        artifact_type: references
-            .referrer_artifact_type()
-            .filter(|_| referrer)
-            .map(str::to_owned),
-        annotations: references.annotations.clone().filter(|_| referrer),
-    }
 }
 
 fn manifest_invalid(error: ManifestError) -> Failure {

@@ -296,7 +296,7 @@ fn start_all(
         build_index,
         exited,
         move |ready| async move {
-            crate::build_index::serve(&dir, build_index, index_http, ready).await
+            crate::build_index::serve(&dir, build_index, None, index_http, ready).await
         },
     )?);
     println!(

@@ -366,6 +366,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// The start-up check: the backend is reachable and usable (the bucket exists, the root
     /// is writable, the upstream answers). The error names what is wrong.
     fn check(&self) -> BackendFuture<'_, ()>;
+
+    /// Whether puts and deletes are refused (an upstream registry, an HTTP mirror): what is
+    /// read from it is someone else's and may change under us.
+    fn read_only(&self) -> bool {
+        false
+    }
 }
 
 /// Checks a range against an object's length; the range actually read.

@@ -582,6 +582,10 @@ impl Backend for RegistryBackend {
         Box::pin(async move { Err(self.inner.read_only("delete")) })
     }
 
+    fn read_only(&self) -> bool {
+        true
+    }
+
     fn check(&self) -> BackendFuture<'_, ()> {
         Box::pin(async move {
             let inner = Arc::clone(&self.inner);

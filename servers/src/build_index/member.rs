@@ -90,6 +90,28 @@ impl ManifestRecord {
         }
     }
 
+    /// What the build-index records for a manifest of `len` bytes: its type and size and,
+    /// for a referrer (a manifest with a `subject`), the descriptor fields the referrers API
+    /// lists (artifact type: the manifest's `artifactType`, else its config's media type).
+    pub fn of_manifest(
+        digest: Digest,
+        len: usize,
+        references: &super::References,
+    ) -> ManifestRecord {
+        let referrer = references.subject.is_some();
+        ManifestRecord {
+            digest,
+            media_type: references.kind.media_type().to_owned(),
+            size: Some(len as u64),
+            subject: references.subject,
+            artifact_type: references
+                .referrer_artifact_type()
+                .filter(|_| referrer)
+                .map(str::to_owned),
+            annotations: references.annotations.clone().filter(|_| referrer),
+        }
+    }
+
     /// Checks what a put must satisfy: media types, the annotations' bound, a size for a
     /// referrer. The error names the offending value.
     pub fn validate(&self) -> Result<(), String> {

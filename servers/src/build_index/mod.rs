@@ -15,6 +15,10 @@
 //! - [`validate_repository`], [`validate_tag`] (`names.rs`): the OCI name grammars, which
 //!   also keep every path inside the store's root.
 //!
+//! - [`backing::Backing`] (`backing.rs`): the store over storage backends: tag writes
+//!   written through ([`sync::TagSync`], `sync.rs`: a persistent journal of changed tags and
+//!   the task that delivers their latest state), tags missing locally read back, listings
+//!   merged with the backend's.
 //! - [`server::BuildIndex`] (`server.rs`): the internal HTTP API over a `TagStore`
 //!   (`/internal/tags/…`, `/internal/repositories`, `/internal/manifests/…`,
 //!   `/internal/referrers/…`), the only HTTP in this module.
@@ -22,12 +26,14 @@
 //! Only `server.rs` speaks HTTP: it maps [`IndexError`], [`NameError`] and
 //! [`ManifestError`] to OCI error codes at its edge.
 
+pub mod backing;
 mod manifest;
 mod member;
 mod names;
 mod record;
 pub mod server;
 mod store;
+pub mod sync;
 
 pub use manifest::{
     DOCKER_MANIFEST_LIST, DOCKER_MANIFEST_V2, MANIFEST_LEN_MAX, ManifestError, ManifestKind,

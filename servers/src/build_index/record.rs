@@ -10,8 +10,12 @@
 //! media-type application/vnd.oci.image.manifest.v1+json
 //! version 42
 //! updated-at 1700000000.123456789
+//! source upstream                 (only for a tag learned from a read-only upstream)
 //! xxh3 <16 lowercase hex>
 //! ```
+//!
+//! A record without the `source` line (every record written before it existed) is a tag
+//! pushed here.
 //!
 //! The last line is the xxh3-64 of every byte before it, so a truncated, torn or bit-flipped
 //! file is detected (xxh3 is fine here: disk corruption is not an adversary, and nobody but
@@ -57,8 +61,13 @@ pub struct TagRecord {
     /// delete and a re-create (no ABA for compare-and-set). Never 0 (0 means "absent" in
     /// [`super::TagStore::put`]'s `expected_version`).
     pub version: u64,
-    /// Wall-clock time of the put (informational; ordering comes from `version`).
+    /// Wall-clock time of the put (ordering comes from `version`; for a tag learned from
+    /// an upstream, when it was learned).
     pub updated_at: SystemTime,
+    /// Learned from a read-only upstream (a registry the repository is pulled through) rather
+    /// than pushed here: such a tag is re-resolved upstream once it is older than the
+    /// build-index's `upstream_tag_ttl`, since upstream tags move.
+    pub from_upstream: bool,
 }
 
 /// Why a media type is refused.
@@ -108,12 +117,17 @@ pub(crate) fn encode(repository: &str, tag: &str, record: &TagRecord) -> Vec<u8>
         .unwrap_or(Duration::ZERO);
     let body = format!(
         "shoal-tag {FORMAT_VERSION}\nrepository {repository}\ntag {tag}\ndigest {}\n\
-         media-type {}\nversion {}\nupdated-at {}.{:09}\n",
+         media-type {}\nversion {}\nupdated-at {}.{:09}\n{}",
         record.digest,
         record.media_type,
         record.version,
         since_epoch.as_secs(),
         since_epoch.subsec_nanos(),
+        if record.from_upstream {
+            "source upstream\n"
+        } else {
+            ""
+        },
     );
     let bytes = seal(body);
     debug_assert!(bytes.len() <= RECORD_LEN_MAX);
@@ -193,14 +207,20 @@ pub(crate) fn decode(bytes: &[u8], repository: &str, tag: &str) -> Result<TagRec
         .ok_or_else(|| "version is not a positive integer".to_string())?;
     let updated_at = parse_time(field("updated-at")?)
         .ok_or_else(|| "updated-at is not <seconds>.<9 digits>".to_string())?;
+    let from_upstream = match lines.next() {
+        None => false,
+        Some("source upstream") => true,
+        Some(_) => return Err("unexpected lines after updated-at".to_string()),
+    };
     if lines.next().is_some() {
-        return Err("unexpected lines after updated-at".to_string());
+        return Err("unexpected lines after source".to_string());
     }
     Ok(TagRecord {
         digest,
         media_type: media_type.to_string(),
         version,
         updated_at,
+        from_upstream,
     })
 }
 
@@ -263,6 +283,7 @@ mod tests {
             media_type: "application/vnd.oci.image.manifest.v1+json".to_string(),
             version: 42,
             updated_at: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            from_upstream: false,
         }
     }
 
@@ -283,12 +304,31 @@ mod tests {
             media_type: format!("{}/{}", "a".repeat(127), "b".repeat(127)),
             version: u64::MAX,
             updated_at: SystemTime::UNIX_EPOCH + Duration::new(u64::MAX / 4, 999_999_999),
+            from_upstream: true,
         };
         let repository = "a".repeat(names::REPOSITORY_LEN_MAX);
         let tag = "t".repeat(names::TAG_LEN_MAX);
         let bytes = encode(&repository, &tag, &record);
         assert!(bytes.len() <= RECORD_LEN_MAX);
         assert_eq!(decode(&bytes, &repository, &tag), Ok(record));
+    }
+
+    #[test]
+    fn a_tag_learned_from_an_upstream_says_so() {
+        let record = TagRecord {
+            from_upstream: true,
+            ..sample()
+        };
+        let bytes = encode("a/b", "v1", &record);
+        assert!(String::from_utf8_lossy(&bytes).contains("\nsource upstream\nxxh3 "));
+        assert_eq!(decode(&bytes, "a/b", "v1"), Ok(record));
+        // Anything else after updated-at is refused.
+        let body = "shoal-tag 1\nrepository a\ntag t\ndigest sha256:\
+                    0000000000000000000000000000000000000000000000000000000000000000\n\
+                    media-type a/b\nversion 1\nupdated-at 0.000000000\nsource elsewhere\n";
+        let mut bytes = body.as_bytes().to_vec();
+        bytes.extend_from_slice(format!("xxh3 {:016x}\n", xxh3_64(body.as_bytes())).as_bytes());
+        assert!(decode(&bytes, "a", "t").is_err());
     }
 
     #[test]

@@ -58,10 +58,12 @@ use serde::Deserialize;
 
 use shoal_proto::Digest;
 
+use super::backing::{BackedError, Backing};
 use super::{
     IndexError, ManifestRecord, PAGE_LEN_MAX, RecoveryReport, TagRecord, TagStore,
     validate_repository, validate_tag,
 };
+use crate::backend::ErrorKind;
 use crate::http::blob::header_value;
 use crate::http::route::parse_digest;
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
@@ -84,6 +86,9 @@ const _: () = assert!(PUT_BODY_BYTES_MAX > super::MANIFEST_RECORD_LEN_MAX);
 #[derive(Debug, Clone)]
 pub struct BuildIndex {
     store: Arc<TagStore>,
+    /// The storage backends tags are written through to and read back from (none: the
+    /// local store is the only copy).
+    backing: Option<Arc<Backing>>,
 }
 
 /// An error and the status it is sent with (its code's, but for the few the API fixes
@@ -145,7 +150,19 @@ impl Handler for BuildIndex {
 
 impl BuildIndex {
     pub fn new(store: Arc<TagStore>) -> BuildIndex {
-        BuildIndex { store }
+        BuildIndex {
+            store,
+            backing: None,
+        }
+    }
+
+    /// Serves `backing`'s store, writing tags through to its backends and reading missing
+    /// ones back from them.
+    pub fn with_backing(backing: Arc<Backing>) -> BuildIndex {
+        BuildIndex {
+            store: Arc::clone(backing.store()),
+            backing: Some(backing),
+        }
     }
 
     /// Opens the tag store under `root` (blocking: call it before the runtime starts, or
@@ -212,12 +229,36 @@ impl BuildIndex {
             .map_err(index_error)
     }
 
+    /// Runs a tag write `f` on the store in the blocking pool, under the write-through
+    /// journal when there are backends (`f` marks the tags it changes before changing them;
+    /// without backends marking does nothing).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(
+            &TagStore,
+            &mut dyn FnMut(&str, &str) -> Result<(), IndexError>,
+        ) -> Result<T, IndexError>
+        + Send
+        + 'static,
+    ) -> Result<T, Failure> {
+        let sync = self.backing.as_ref().map(|b| Arc::clone(b.sync()));
+        self.blocking(move |store| match sync {
+            Some(sync) => sync.write(|marks| f(store, &mut |repo, tag| marks.mark(repo, tag))),
+            None => f(store, &mut |_, _| Ok(())),
+        })
+        .await
+    }
+
     async fn get(&self, repo: &str, tag: &str) -> Result<Response<LocalBody>, Failure> {
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
-        match self
-            .blocking(move |store| store.get(&owned_repo, &owned_tag))
-            .await?
-        {
+        let found = match &self.backing {
+            Some(backing) => backing.get(repo, tag).await.map_err(backed_error)?,
+            None => {
+                self.blocking(move |store| store.get(&owned_repo, &owned_tag))
+                    .await?
+            }
+        };
+        match found {
             Some(record) => Ok(json_response(StatusCode::OK, &record_json(&record))),
             None => Err(tag_unknown(repo, tag).into()),
         }
@@ -243,7 +284,8 @@ impl BuildIndex {
         let digest = parse_digest(&request.digest)?;
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
         let record = self
-            .blocking(move |store| {
+            .write(move |store, mark| {
+                mark(&owned_repo, &owned_tag)?;
                 store.put(
                     &owned_repo,
                     &owned_tag,
@@ -260,7 +302,10 @@ impl BuildIndex {
     async fn delete(&self, repo: &str, tag: &str) -> Result<Response<LocalBody>, Failure> {
         let (owned_repo, owned_tag) = (repo.to_owned(), tag.to_owned());
         if self
-            .blocking(move |store| store.delete(&owned_repo, &owned_tag))
+            .write(move |store, mark| {
+                mark(&owned_repo, &owned_tag)?;
+                store.delete(&owned_repo, &owned_tag)
+            })
             .await?
         {
             tracing::info!(repo, tag, "tag deleted");
@@ -324,7 +369,12 @@ impl BuildIndex {
     ) -> Result<Response<LocalBody>, Failure> {
         let owned_repo = repo.to_owned();
         let Some(deleted) = self
-            .blocking(move |store| store.delete_manifest(&owned_repo, &digest))
+            .write(move |store, mark| {
+                for tag in store.tags_naming(&owned_repo, &digest)? {
+                    mark(&owned_repo, &tag)?;
+                }
+                store.delete_manifest(&owned_repo, &digest)
+            })
             .await?
         else {
             return Err(manifest_unknown(repo, &digest).into());
@@ -356,12 +406,19 @@ impl BuildIndex {
         let (tags, next) = if page.n == Some(0) {
             (Vec::new(), None)
         } else {
-            let owned_repo = repo.to_owned();
-            let last = page.last.map(str::to_owned);
-            let n = page.n;
-            let listed = self
-                .blocking(move |store| store.list_tags(&owned_repo, last.as_deref(), n))
-                .await?;
+            let listed = match &self.backing {
+                Some(backing) => backing
+                    .list_tags(repo, page.last, page.n)
+                    .await
+                    .map_err(backed_error)?,
+                None => {
+                    let owned_repo = repo.to_owned();
+                    let last = page.last.map(str::to_owned);
+                    let n = page.n;
+                    self.blocking(move |store| store.list_tags(&owned_repo, last.as_deref(), n))
+                        .await?
+                }
+            };
             (listed.tags, listed.next)
         };
         let body = serde_json::json!({ "name": repo, "tags": tags });
@@ -553,6 +610,24 @@ fn name_invalid(error: super::NameError) -> OciError {
     OciError::new(ErrorCode::NameInvalid, error.to_string())
 }
 
+/// A backed read's failures: the store's as below, a backend's as 503 `UNAVAILABLE` (it
+/// may come back) or, for what the backend holds that cannot be used (a tag object that is
+/// not a digest, a manifest that does not hash to it), 502-like `UNKNOWN` (500).
+fn backed_error(error: BackedError) -> Failure {
+    match error {
+        BackedError::Index(error) => index_error(error),
+        BackedError::Backend(error) => {
+            let code = match error.kind {
+                ErrorKind::Invalid | ErrorKind::Unsupported | ErrorKind::Config => {
+                    ErrorCode::Unknown
+                }
+                ErrorKind::NotFound | ErrorKind::Unavailable => ErrorCode::Unavailable,
+            };
+            OciError::new(code, format!("storage backend: {error}")).into()
+        }
+    }
+}
+
 /// The tag store's failures as OCI errors (the one place they are mapped).
 fn index_error(error: IndexError) -> Failure {
     let code = match &error {
@@ -570,7 +645,7 @@ fn index_error(error: IndexError) -> Failure {
         IndexError::RepositoryUnknown { .. } => ErrorCode::NameUnknown,
         IndexError::ManifestInvalid { .. } => ErrorCode::ManifestInvalid,
         IndexError::TooManyReferrers { .. } => ErrorCode::Denied,
-        IndexError::Poisoned => ErrorCode::Unavailable,
+        IndexError::Poisoned | IndexError::Journal { .. } => ErrorCode::Unavailable,
         IndexError::Corrupt { .. }
         | IndexError::CorruptManifest { .. }
         | IndexError::Io { .. }

@@ -175,6 +175,11 @@ pub enum IndexError {
     /// removes it.
     #[error("manifest record {} is corrupt: {reason}", path.display())]
     CorruptManifest { path: PathBuf, reason: String },
+
+    /// A tag write could not be journaled for its storage backend (the journal's disk
+    /// failed, or too many tags wait for the backend already); nothing was changed.
+    #[error("tag write-through journal: {reason}")]
+    Journal { reason: String },
 }
 
 fn io_error<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> IndexError + 'a {
@@ -358,6 +363,11 @@ impl TagStore {
         Ok((store, report))
     }
 
+    /// Whether `root` holds a tag store already (one was opened there before).
+    pub fn exists(root: &Path) -> bool {
+        root.join("lock").is_file()
+    }
+
     /// The current record of `repo:tag`, `None` if the tag does not exist. Reads the record
     /// file every time (no cache), so a put that returned is visible to the next get.
     pub fn get(&self, repo: &str, tag: &str) -> Result<Option<TagRecord>, IndexError> {
@@ -381,6 +391,31 @@ impl TagStore {
         digest: Digest,
         media_type: &str,
         expected_version: Option<u64>,
+    ) -> Result<TagRecord, IndexError> {
+        self.put_from(repo, tag, digest, media_type, expected_version, false)
+    }
+
+    /// [`TagStore::put`] of a tag learned from a read-only upstream
+    /// ([`TagRecord::from_upstream`]).
+    pub fn put_learned(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: Digest,
+        media_type: &str,
+        expected_version: Option<u64>,
+    ) -> Result<TagRecord, IndexError> {
+        self.put_from(repo, tag, digest, media_type, expected_version, true)
+    }
+
+    fn put_from(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: Digest,
+        media_type: &str,
+        expected_version: Option<u64>,
+        from_upstream: bool,
     ) -> Result<TagRecord, IndexError> {
         validate_repository(repo)?;
         validate_tag(tag)?;
@@ -408,6 +443,7 @@ impl TagStore {
             media_type: media_type.to_string(),
             version,
             updated_at: SystemTime::now(),
+            from_upstream,
         };
         // The tag's manifest is a member of the repository before the tag names it.
         if let Err(failure) = self.ensure_member(repo, &digest, media_type) {
@@ -438,6 +474,21 @@ impl TagStore {
         validate_tag(tag)?;
         let mut writer = self.lock_writer()?;
         self.delete_locked(&mut writer, repo, tag)
+    }
+
+    /// Removes `repo:tag` only if it is at `version` (a compare-and-set delete); `false` if
+    /// it is not (absent, another version, or corrupt).
+    pub fn delete_version(&self, repo: &str, tag: &str, version: u64) -> Result<bool, IndexError> {
+        validate_repository(repo)?;
+        validate_tag(tag)?;
+        let mut writer = self.lock_writer()?;
+        match self.read_record(repo, tag) {
+            Ok(Some(record)) if record.version == version => {
+                self.delete_locked(&mut writer, repo, tag)
+            }
+            Ok(_) | Err(IndexError::Corrupt { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
     }
 
     /// [`TagStore::delete`] under the writer lock (names validated).

@@ -388,6 +388,10 @@ impl OriginSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BuildIndexFile {
     pub build_index: BuildIndexSection,
+    /// `[[backend]]`: the storage backends tags are written through to and read back from
+    /// ([`backends::BackendEntry`], documented in `configs/backends.toml`); none: the
+    /// build-index's disk is the only copy.
+    pub backend: Vec<backends::BackendEntry>,
     pub http: HttpSection,
 }
 
@@ -399,6 +403,18 @@ pub struct BuildIndexSection {
     pub listen: Option<SocketAddr>,
     /// The tag store's root directory (no default: here or `--data-dir`).
     pub data_dir: Option<PathBuf>,
+    /// How long a tag learned from a read-only upstream backend is served before it is
+    /// resolved upstream again ([`crate::build_index::backing::UPSTREAM_TAG_TTL_DEFAULT`]).
+    pub upstream_tag_ttl: Option<Span>,
+}
+
+impl BuildIndexSection {
+    /// Writes the keys the file sets over the backed build-index's settings.
+    pub fn overlay(&self, config: &mut crate::build_index::backing::BackingConfig) {
+        if let Some(span) = self.upstream_tag_ttl {
+            config.upstream_tag_ttl = span.0;
+        }
+    }
 }
 
 /// `shoal proxy --config FILE`: `configs/proxy.toml`.

@@ -115,6 +115,11 @@ fn the_shipped_build_index_config_parses_and_states_the_defaults() {
     let file: BuildIndexFile = load(&shipped("build-index.toml")).unwrap();
     assert_eq!(file.build_index.listen, Some(defaults::BUILD_INDEX_LISTEN));
     assert_eq!(file.build_index.data_dir, None);
+    assert!(file.backend.is_empty());
+    let mut backing = crate::build_index::backing::BackingConfig::default();
+    let before = backing.upstream_tag_ttl;
+    file.build_index.overlay(&mut backing);
+    assert_eq!(backing.upstream_tag_ttl, before);
     assert_http_defaults(&file.http);
 }
 

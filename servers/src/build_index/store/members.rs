@@ -150,6 +150,20 @@ impl TagStore {
         }))
     }
 
+    /// The tags of `repo` that name `digest` (what [`TagStore::delete_manifest`] would
+    /// remove), in no particular order. Cost: one read of every tag record of `repo`.
+    pub fn tags_naming(&self, repo: &str, digest: &Digest) -> Result<Vec<String>, IndexError> {
+        validate_repository(repo)?;
+        let mut names = Vec::new();
+        for_each_tag_name(&self.tags_dir(repo), usize::MAX, |tag| {
+            names.push(tag.to_string())
+        })?;
+        names.retain(|tag| {
+            matches!(self.read_record(repo, tag), Ok(Some(record)) if record.digest == *digest)
+        });
+        Ok(names)
+    }
+
     /// The referrers of `subject` in `repo`, in digest order; none if it has none (the
     /// subject need not exist). Corrupt records are skipped (logged). At most
     /// [`REFERRERS_PER_SUBJECT_MAX`].

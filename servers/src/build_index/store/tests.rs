@@ -293,6 +293,7 @@ fn list_tags_caps_the_page() {
         media_type: OCI.to_string(),
         version: 1,
         updated_at: SystemTime::UNIX_EPOCH,
+        from_upstream: false,
     };
     for i in 0..PAGE_LEN_MAX + 5 {
         let tag = format!("t{i:05}");
