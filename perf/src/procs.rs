@@ -516,6 +516,55 @@ pub fn moto_server(scratch: &Scratch, port: u16, bucket: &str, log: &str) -> Res
     Ok(proc)
 }
 
+/// Whether an executable named `name` is on `PATH`.
+pub fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Some(path) = std::env::var_os("PATH") else {
+        return false;
+    };
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Whether the tests must fail, rather than skip, when an emulator is not installed
+/// (`SHOAL_REQUIRE_EMULATORS` set to anything).
+pub fn emulators_required() -> bool {
+    std::env::var_os("SHOAL_REQUIRE_EMULATORS").is_some()
+}
+
+/// The Google Cloud Storage emulator (`gcp-storage-emulator`, from PyPI) on
+/// `127.0.0.1:port`, in memory (a restarted emulator is empty), with `bucket` created. Its
+/// request log goes to `scratch/<log>`.
+pub fn gcs_emulator(scratch: &Scratch, port: u16, bucket: &str, log: &str) -> Result<Proc, String> {
+    let port_text = port.to_string();
+    let proc = Proc::start(
+        "gcp-storage-emulator",
+        Path::new("gcp-storage-emulator"),
+        &[
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port_text,
+            "--in-memory",
+            "--default-bucket",
+            bucket,
+        ],
+        &[("PYTHONUNBUFFERED", "1")],
+        scratch.path(log),
+    )
+    .map_err(|e| format!("gcp-storage-emulator (pip install gcp-storage-emulator): {e}"))?;
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &proc,
+        Duration::from_secs(60),
+    )?;
+    Ok(proc)
+}
+
 /// Waits (at most `wait_max`) until `addr` can be bound again: after a SIGKILL the kernel
 /// releases an io_uring process's sockets only once the ring is torn down, a little after
 /// the process is reaped, so a restart on the same port waits for this first.

@@ -107,7 +107,9 @@ impl Default for SwarmConfig {
             requests_per_connection_max: 1,
             requests_in_flight_max: 8,
             upload_queue_per_connection_max: 4,
-            uploads_active_max: 4,
+            // Enough that the uplink stays busy while some downloaders are busy receiving
+            // from others (measured with shoal-sim and shoal-perf, see perf/RESULTS.md).
+            uploads_active_max: 8,
             request_timeout: Duration::from_secs(20),
             request_timeouts_max: 3,
             reject_backoff: Duration::from_millis(200),
@@ -132,9 +134,10 @@ impl SwarmConfig {
             dial_target: 0,
             connections_max: 256,
             origin_connections_max: 0,
-            // Few uploads at once: each piece leaves the origin fast, so that peers can pass
-            // it on early (measured with shoal-sim, see perf/RESULTS.md).
-            uploads_active_max: 2,
+            // Few uploads at once, so that each piece leaves the origin fast and peers pass it
+            // on early, but enough to fill an origin uplink several times a host's downlink
+            // (measured with shoal-sim and shoal-perf, see perf/RESULTS.md).
+            uploads_active_max: 12,
             idle_timeout: Duration::from_secs(10),
             ..SwarmConfig::default()
         }

@@ -11,7 +11,7 @@ use compio::io::AsyncWriteAtExt;
 use shoal_engine::transport::UploadPath;
 use shoal_engine::{BlobState, BlobStatus, Driver, Engine, EngineConfig};
 use shoal_proto::Digest;
-use shoal_servers::config::{EngineSection, defaults};
+use shoal_servers::config::{EngineSection, check_uploads_per_stripe, defaults};
 
 use crate::settings::{ConfigFile, missing};
 
@@ -84,6 +84,10 @@ pub struct EngineArgs {
     /// Ingress limit for piece downloads, bytes per second.
     #[arg(long)]
     ingress_limit: Option<u64>,
+    /// Pieces one stripe of a blob uploads at once [default: 8 for an agent, 12 for an
+    /// origin].
+    #[arg(long)]
+    uploads_per_stripe: Option<usize>,
     /// Skip re-hashing a downloaded blob against its digest at completion (every piece is
     /// still checked against the metainfo's SHA-256 as it arrives; this only stops guarding
     /// against a metainfo that does not describe its digest). Saves one SHA-256 pass.
@@ -175,6 +179,10 @@ impl EngineArgs {
         }
         if self.ingress_limit.is_some() {
             config.ingress_bytes_per_s = self.ingress_limit;
+        }
+        if let Some(n) = self.uploads_per_stripe {
+            config.swarm.uploads_active_max =
+                check_uploads_per_stripe(n).map_err(|e| format!("--uploads-per-stripe: {e}"))?;
         }
         if self.no_verify_digest {
             config.store.verify_digest_on_complete = false;

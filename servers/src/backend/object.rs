@@ -14,7 +14,9 @@
 //!
 //! Credentials: from the file, else from the environment as each SDK reads it (`AWS_*`,
 //! `GOOGLE_*`, `AZURE_*`); they never appear in messages (`describe` names the bucket and
-//! the endpoint only).
+//! the endpoint only). GCS can be pointed at an emulator (`endpoint`, `allow_http`,
+//! `skip_signature`); its client speaks GCS's XML API, which the PyPI emulators only
+//! partly serve (`tests/tests/backends_gcs.rs` says which calls fail).
 
 use std::ops::Range;
 use std::path::PathBuf;
@@ -71,6 +73,36 @@ fn client_options(t: &RemoteTuning, allow_http: bool) -> ClientOptions {
         .with_allow_http(allow_http)
 }
 
+/// An endpoint is an `http://` (only with `allow_http`) or `https://` URL with a host and
+/// nothing that could carry a credential (user info, a query, a fragment); such an endpoint
+/// is refused without being repeated.
+fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<(), String> {
+    let rest = if let Some(rest) = endpoint.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = endpoint.strip_prefix("http://") {
+        if !allow_http {
+            return Err(format!(
+                "endpoint {endpoint} is plain HTTP: set allow_http = true to use it"
+            ));
+        }
+        rest
+    } else {
+        return Err(format!(
+            "endpoint {endpoint:?} is not an http:// or https:// URL"
+        ));
+    };
+    let host = rest.split('/').next().unwrap_or("");
+    if host.contains('@') || rest.contains(['?', '#']) {
+        return Err("the endpoint holds user info, a query or a fragment: \
+                    expected scheme://host[:port][/path], without credentials"
+            .to_owned());
+    }
+    if host.is_empty() {
+        return Err(format!("endpoint {endpoint:?} has no host"));
+    }
+    Ok(())
+}
+
 fn retry(t: &RemoteTuning) -> RetryConfig {
     RetryConfig {
         max_retries: t.retries_max,
@@ -115,12 +147,39 @@ impl ObjectBackend {
     }
 
     pub fn gcs(c: &GcsConfig) -> Result<ObjectBackend, BackendError> {
-        let describe = format!("gcs bucket {:?}", c.bucket);
+        let endpoint = c.endpoint.as_deref().map(|e| e.trim_end_matches('/'));
+        if let Some(endpoint) = endpoint {
+            // Before the description holds the endpoint: a refused one is not repeated.
+            let bucket = format!("gcs bucket {:?}", c.bucket);
+            check_endpoint(endpoint, c.allow_http).map_err(|e| config_error(&bucket, e))?;
+        }
+        let describe = match endpoint {
+            Some(endpoint) => format!("gcs bucket {:?} at {endpoint}", c.bucket),
+            None => format!("gcs bucket {:?}", c.bucket),
+        };
         let t = c.tuning().map_err(|e| config_error(&describe, e))?;
         let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env()
             .with_bucket_name(&c.bucket)
-            .with_client_options(client_options(&t, false))
+            .with_skip_signature(c.skip_signature)
+            .with_client_options(client_options(&t, c.allow_http))
             .with_retry(retry(&t));
+        if let Some(endpoint) = endpoint {
+            builder = builder.with_base_url(endpoint);
+        }
+        if let Some(token) = &c.bearer_token {
+            builder = builder.with_bearer_token(token.expose());
+        } else if c.skip_signature {
+            // object_store 0.14's skip_signature spares reads only: its puts, multipart
+            // requests and deletes still ask the credential provider, which without a key is
+            // the instance metadata server. An empty static token (what a key with
+            // "disable_oauth" gives) is fetched from nowhere; those requests carry it as
+            // "Authorization: Bearer " with nothing after it, reads carry none.
+            let empty = object_store::gcp::GcpCredential {
+                bearer: String::new(),
+            };
+            builder = builder
+                .with_credentials(Arc::new(object_store::StaticCredentialProvider::new(empty)));
+        }
         if let Some(path) = &c.service_account_path {
             builder = builder.with_service_account_path(path.display().to_string());
         }

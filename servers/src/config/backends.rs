@@ -173,15 +173,25 @@ impl S3Config {
     }
 }
 
-/// `kind = "gcs"`.
+/// `kind = "gcs"` (Google Cloud Storage, or an emulator through `endpoint`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GcsConfig {
     pub namespace: String,
     pub bucket: String,
+    /// The service's base URL (`http://127.0.0.1:4443`, say); without it Google's, or the
+    /// `gcs_base_url` of the service account.
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Send requests unsigned, fetching no credential: an emulator, or a public bucket.
+    #[serde(default)]
+    pub skip_signature: bool,
     pub prefix: Option<String>,
     pub service_account_path: Option<PathBuf>,
     pub service_account_key: Option<Secret>,
+    /// A static OAuth token, sent as it is and never refreshed.
+    pub bearer_token: Option<Secret>,
     pub connect_timeout: Option<Span>,
     pub read_timeout: Option<Span>,
     pub retries_max: Option<usize>,
@@ -333,12 +343,20 @@ mod tests {
             url = "http://127.0.0.1:1"
             username = "robot"
             password = "SECRET-4"
+
+            [[backend]]
+            namespace = "**"
+            kind = "gcs"
+            bucket = "b"
+            endpoint = "http://127.0.0.1:1"
+            allow_http = true
+            bearer_token = "SECRET-5"
         "#;
         let file: BackendsFile = parse(Path::new("b.toml"), text).unwrap();
         let printed = format!("{file:?} {file:#?}");
         let backends = Backends::build(&file).unwrap();
         let printed = format!("{printed} {backends:?} {backends:#?}");
-        for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4"] {
+        for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4", "SECRET-5"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
         }
         assert!(printed.contains("<redacted>"));

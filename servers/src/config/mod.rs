@@ -122,10 +122,24 @@ pub struct EngineSection {
     pub connections_max: Option<usize>,
     pub connections_per_blob_max: Option<usize>,
     pub swarm_blobs_max: Option<usize>,
+    pub uploads_per_stripe: Option<usize>,
     pub receive_buffer_per_shard: Option<Bytes>,
     pub tracker_timeout: Option<Span>,
     pub dial_timeout: Option<Span>,
     pub store: StoreSection,
+}
+
+/// Most pieces one stripe of a blob may upload at once (`engine.uploads_per_stripe`,
+/// `--uploads-per-stripe`).
+pub const UPLOADS_PER_STRIPE_MAX: usize = 1024;
+
+/// `n` if it is a usable `uploads_per_stripe`, else why not.
+pub fn check_uploads_per_stripe(n: usize) -> Result<usize, String> {
+    if (1..=UPLOADS_PER_STRIPE_MAX).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not in 1..={UPLOADS_PER_STRIPE_MAX}"))
+    }
 }
 
 /// `[engine.store]`: the local cache.
@@ -207,6 +221,10 @@ impl EngineSection {
         }
         if let Some(n) = self.swarm_blobs_max {
             config.swarm_blobs_max = n;
+        }
+        if let Some(n) = self.uploads_per_stripe {
+            config.swarm.uploads_active_max = check_uploads_per_stripe(n)
+                .map_err(|e| format!("engine.uploads_per_stripe: {e}"))?;
         }
         if let Some(bytes) = self.receive_buffer_per_shard {
             config.receive_buffer_bytes_per_shard = usize::try_from(bytes.0)

@@ -304,6 +304,17 @@ fn unusable_values_are_refused_when_applied() {
     let file: AgentFile = parse(Path::new("t.toml"), "[engine]\nconnections_max = 0\n").unwrap();
     let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
     assert!(error.contains("connections_max"), "{error}");
+    for bad in ["0", "1025"] {
+        let text = format!("[engine]\nuploads_per_stripe = {bad}\n");
+        let file: AgentFile = parse(Path::new("t.toml"), &text).unwrap();
+        let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
+        assert!(error.contains("engine.uploads_per_stripe"), "{error}");
+        assert!(error.contains(bad), "{error}");
+    }
+    let file: AgentFile = parse(Path::new("t.toml"), "[engine]\nuploads_per_stripe = 3\n").unwrap();
+    let mut config = engine_defaults();
+    file.engine.apply(&mut config).unwrap();
+    assert_eq!(config.swarm.uploads_active_max, 3);
 }
 
 #[test]
