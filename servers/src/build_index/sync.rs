@@ -427,7 +427,7 @@ impl TagSync {
         &self,
         op: impl FnOnce(&mut Marks<'_>) -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
-        let _guard = self.write_lock.lock().map_err(|_| IndexError::Poisoned)?;
+        let _guard = self.lock_writes();
         self.lock_queue()?.bump_epoch();
         let mut marks = Marks {
             sync: self,
@@ -473,7 +473,7 @@ impl TagSync {
         store: &TagStore,
         key: &TagKey,
     ) -> Option<(u64, Result<Option<TagRecord>, IndexError>)> {
-        let _guard = self.write_lock.lock().ok()?;
+        let _guard = self.lock_writes();
         let generation = self.queue.lock().ok()?.generation(key)?;
         Some((generation, store.get(&key.0, &key.1)))
     }
@@ -487,7 +487,7 @@ impl TagSync {
         tag: &str,
         op: impl FnOnce() -> Result<T, IndexError>,
     ) -> Result<Option<T>, IndexError> {
-        let _guard = self.write_lock.lock().map_err(|_| IndexError::Poisoned)?;
+        let _guard = self.lock_writes();
         {
             let queue = self.lock_queue()?;
             if queue.epoch() != epoch || queue.contains(&(repo.to_owned(), tag.to_owned())) {
@@ -534,6 +534,7 @@ impl TagSync {
             let Ok(snapshot) = compio::runtime::spawn_blocking(move || sync.snapshot(&s, &k)).await
             else {
                 tracing::error!("a tag-sync snapshot task panicked");
+                compio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
             let Some((generation, local)) = snapshot else {
@@ -601,9 +602,7 @@ impl TagSync {
 
     /// Settles a delivery and removes or sets aside its file (blocking).
     fn settle(&self, key: &TagKey, generation: u64, outcome: Outcome) {
-        let Ok(_guard) = self.write_lock.lock() else {
-            return;
-        };
+        let _guard = self.lock_writes();
         let settled = match self.queue.lock() {
             Ok(mut queue) => queue.settle(key, generation, outcome, Instant::now()),
             Err(_) => return,
@@ -621,6 +620,14 @@ impl TagSync {
             // A leftover mark only delivers the tag again after a restart.
             tracing::warn!(repo = key.0, tag = key.1, %error, "tag-sync entry not removed");
         }
+    }
+
+    /// The write lock guards no data (only the order of marks, store calls and file
+    /// removals), so a panic while it was held leaves nothing to distrust: taken over.
+    fn lock_writes(&self) -> MutexGuard<'_, ()> {
+        self.write_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_queue(&self) -> Result<MutexGuard<'_, Queue>, IndexError> {
