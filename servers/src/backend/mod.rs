@@ -368,8 +368,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn check(&self) -> BackendFuture<'_, ()>;
 
     /// Whether puts and deletes are refused (an upstream registry, an HTTP mirror): what is
-    /// read from it is someone else's and may change under us.
+    /// read from it is someone else's and may change under us. An origin writes pushed blobs
+    /// back only to a backend that is not.
     fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Whether a blob key's answer depends on its namespace: the backend holds blobs *in
+    /// repositories* (an upstream registry), so finding one there also says that the
+    /// repository holds it. Content-addressed stores (a directory, a bucket) hold a blob once
+    /// for every repository and say nothing about which repository has it.
+    fn per_repository(&self) -> bool {
         false
     }
 }
