@@ -989,12 +989,15 @@ fn repository_param(query: &str) -> Result<Option<String>, OciError> {
     Ok(Some(repository))
 }
 
-/// A miss the storage backend could not fill.
+/// A miss the storage backend could not fill. The reason comes first (the message may be
+/// cut on its way to a client: the tracker protocol's error messages are short); the digest
+/// is the request's, and in the detail.
 fn backend_unavailable(digest: &Digest, error: &str) -> OciError {
     OciError::new(
         ErrorCode::Unavailable,
-        format!("fetching {digest} from the storage backend failed: {error}"),
+        format!("the storage backend failed: {error}"),
     )
+    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
 }
 
 fn blob_unknown(digest: &Digest) -> OciError {

@@ -319,7 +319,7 @@ fn an_origins_error_message_reaches_the_peer() {
         let origin = listener.local_addr().unwrap();
         let error = crate::http::OciError::new(
             crate::http::ErrorCode::Unavailable,
-            "fetching it from the storage backend failed: the bytes do not match the digest",
+            "the storage backend failed: the upstream's bytes do not match the digest",
         );
         let fake = FakeOrigin {
             answers: vec![(
@@ -342,7 +342,7 @@ fn an_origins_error_message_reaches_the_peer() {
         expect_error(
             response,
             ErrorCode::Internal,
-            "answered 503: fetching it from the storage backend failed: the bytes do not match",
+            "answered 503: the storage backend failed: the upstream's bytes do not match",
         );
     });
 }
