@@ -1121,3 +1121,76 @@ fn reset_dir(dir: &Path) -> io::Result<()> {
     }
     std::fs::create_dir_all(dir).map_err(|e| context("create", e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::backends::BackendsFile;
+
+    /// Backends for `pt/**` (an upstream registry), `web/**` (plain HTTP, read-only) and
+    /// `team/**` (a local directory under `root`), with `default` as the namespace.
+    fn storage(root: &Path, default: &str) -> Storage {
+        let text = format!(
+            "[[backend]]\nnamespace = \"pt/**\"\nkind = \"registry\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[backend]]\nnamespace = \"web/**\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\n\
+             [[backend]]\nnamespace = \"team/**\"\nkind = \"local\"\nroot = \"{}\"\n",
+            root.display()
+        );
+        let file: BackendsFile = crate::config::parse(Path::new("backends.toml"), &text).unwrap();
+        Storage {
+            backends: Arc::new(Backends::build(&file).unwrap()),
+            namespace: default.to_owned(),
+            writeback: WriteBackConfig::default(),
+        }
+    }
+
+    #[test]
+    fn repositories_route_reads_and_write_backs() {
+        let root = std::env::temp_dir().join(format!("shoal-origin-routes-{}", std::process::id()));
+        let check = |storage: &Storage, repo: Option<&str>, read: &str, write: Option<&str>| {
+            assert_eq!(storage.read_namespace(repo), read, "read {repo:?}");
+            assert_eq!(storage.write_namespace(repo), write, "write {repo:?}");
+        };
+        let writable_default = storage(&root, "team/default");
+        let s = &writable_default;
+        check(s, None, "team/default", Some("team/default"));
+        check(s, Some("team/app"), "team/app", Some("team/app"));
+        // Read-only backends are read under the repository, written back to the default.
+        check(s, Some("pt/a/b"), "pt/a/b", Some("team/default"));
+        check(s, Some("web/x"), "web/x", Some("team/default"));
+        // No backend for the repository: the default namespace's.
+        check(s, Some("other/app"), "team/default", Some("team/default"));
+        assert!(s.pulls_through("pt/a/b"));
+        assert!(!s.pulls_through("web/x"));
+        assert!(!s.pulls_through("team/app"));
+        assert!(!s.pulls_through("other/app"));
+
+        // A default namespace with only a read-only backend: nothing to write back to.
+        let read_only_default = storage(&root, "pt/default");
+        let s = &read_only_default;
+        check(s, None, "pt/default", None);
+        check(s, Some("pt/x"), "pt/x", None);
+        check(s, Some("team/app"), "team/app", Some("team/app"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn upstream_holds_are_per_repository_and_bounded() {
+        let mut holds = UpstreamHolds::default();
+        let digest = Digest::sha256_of(b"manifest");
+        holds.record("pt/a", digest);
+        assert!(holds.holds("pt/a", &digest));
+        assert!(!holds.holds("pt/b", &digest));
+        assert!(!holds.holds("pt/a", &Digest::sha256_of(b"other")));
+        for n in 1..UPSTREAM_HOLDS_MAX as u64 {
+            holds.record("pt/many", Digest::sha256_of(&n.to_le_bytes()));
+        }
+        assert_eq!(holds.seen.len(), UPSTREAM_HOLDS_MAX);
+        // Full of fresh entries: cleared to make room, and the newest kept.
+        let last = Digest::sha256_of(b"last");
+        holds.record("pt/a", last);
+        assert!(holds.holds("pt/a", &last));
+        assert!(!holds.holds("pt/a", &digest));
+        assert_eq!(holds.seen.len(), 1);
+    }
+}
