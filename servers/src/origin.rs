@@ -33,8 +33,10 @@
 //!   this digest in `<name>` (seen in a fetch or a stat for `<name>` within
 //!   [`UPSTREAM_HOLDS_TTL`], else asked now); otherwise 404 `BLOB_UNKNOWN`, whatever the
 //!   store holds. So a repository reads by digest only what its upstream has.
-//! - A miss whose backend fetch fails (the backend is down, or sent bytes that do not hash
-//!   to the digest) is 503 `UNAVAILABLE` with the reason; nothing of it is kept.
+//! - A miss whose backend is down or unreachable is answered as a miss (404, logged): a
+//!   client checking a blob before a push then uploads it. One whose backend answered
+//!   wrongly (bytes that do not hash to the digest, a refused login) or that cannot be
+//!   ingested is 503 `UNAVAILABLE` with the reason. Nothing of a failed fetch is kept.
 //! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
 //!   methods, 400 `DIGEST_INVALID` for a malformed digest.
 //!
@@ -64,7 +66,7 @@ use shoal_proto::Digest;
 
 use crate::backend::dedup::{Flights, fetch_to_file};
 use crate::backend::writeback::{WriteBack, WriteBackConfig};
-use crate::backend::{Backends, Key};
+use crate::backend::{Backends, ErrorKind, Key};
 use crate::build_index::validate_repository;
 use crate::cluster::{HEALTH_PATH, OriginCluster};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
@@ -444,7 +446,7 @@ impl Origin {
                 && !parts.headers.contains_key(REPLICA_READ_HEADER)
                 && self
                     .inner
-                    .fill(digest, None, repository.as_deref())
+                    .fill_detached(digest, repository.as_deref())
                     .await
                     .map_err(|e| backend_unavailable(&digest, &e))?
             {
@@ -513,7 +515,7 @@ impl Origin {
     ) -> Result<Response<LocalBody>, OciError> {
         if !self.engine.store().has_blob(digest) {
             self.inner
-                .fill(*digest, None, repository)
+                .fill_detached(*digest, repository)
                 .await
                 .map_err(|e| backend_unavailable(digest, &e))?;
         }
@@ -684,6 +686,14 @@ impl OriginState {
         let fetched = fetch_to_file(&self.flights, &storage.backends, &key, &temp).await;
         let result = match fetched {
             Err(error) if error.is_not_found() => Ok(false),
+            // Down or unreachable: a miss, as far as anyone can tell now (so a client that
+            // checks a blob before pushing it uploads it, and a push works through an
+            // outage). Anything else (bytes that are not the blob, a refused login) is an
+            // error the client sees.
+            Err(error) if error.kind == ErrorKind::Unavailable => {
+                tracing::warn!(%digest, %key, %error, "the storage backend is unavailable; answering as a miss");
+                Ok(false)
+            }
             Err(error) => Err(error.to_string()),
             Ok(len) if len > self.config.blob_bytes_max => Err(format!(
                 "{len} bytes is more than this origin's {} per blob",
@@ -705,8 +715,11 @@ impl OriginState {
             if storage.pulls_through(namespace) {
                 self.upstream_holds.borrow_mut().record(namespace, digest);
             }
-            self.engine.seed(&digest).await.map_err(|e| e.to_string())?;
             tracing::info!(%digest, namespace, "blob fetched from the storage backend");
+            // Stored: a read can be served whether or not the swarm can have it yet.
+            if let Err(error) = self.engine.seed(&digest).await {
+                tracing::warn!(%digest, %error, "could not seed a blob fetched from the backend");
+            }
             return Ok(true);
         }
         Ok(false)
@@ -715,7 +728,11 @@ impl OriginState {
     /// Whether `repository`'s upstream holds `digest` and this store has it now (fetched
     /// for `repository` if missing): `confirm=upstream`. `false` for a repository that does
     /// not pull through.
-    async fn held_upstream(&self, digest: Digest, repository: &str) -> Result<bool, OciError> {
+    async fn held_upstream(
+        self: &Rc<Self>,
+        digest: Digest,
+        repository: &str,
+    ) -> Result<bool, OciError> {
         let Some(storage) = &self.config.storage else {
             return Ok(false);
         };
@@ -724,7 +741,7 @@ impl OriginState {
         }
         if !self.engine.store().has_blob(&digest)
             && !self
-                .fill(digest, None, Some(repository))
+                .fill_detached(digest, Some(repository))
                 .await
                 .map_err(|e| backend_unavailable(&digest, &e))?
         {
@@ -783,6 +800,29 @@ impl OriginState {
             .inspect_err(|error| {
                 tracing::warn!(%digest, ?repository, %error, "fetching a blob from the storage backend failed");
             })
+    }
+
+    /// [`OriginState::fill`] for a request, in a task of its own: a requester that goes away
+    /// (a tracker that stops waiting for a big blob) does not cancel a fill that the next
+    /// request will want finished. Fills in flight are bounded by the backend fetches'
+    /// ([`FLIGHTS_MAX`]) and one per digest.
+    async fn fill_detached(
+        self: &Rc<Self>,
+        digest: Digest,
+        repository: Option<&str>,
+    ) -> Result<bool, String> {
+        let (inner, repository) = (Rc::clone(self), repository.map(str::to_owned));
+        let (done, filled) = flume::bounded(1);
+        compio::runtime::spawn(async move {
+            let result = inner.fill(digest, None, repository.as_deref()).await;
+            // The requester may be gone; the blob is stored all the same.
+            let _ = done.send(result);
+        })
+        .detach();
+        filled
+            .recv_async()
+            .await
+            .unwrap_or_else(|_| Err("the fill ended without an answer".to_owned()))
     }
 
     /// The replica half of [`OriginState::fill`] (the caller holds the digest's turn).

@@ -71,6 +71,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The backend could not be reached or failed: retry later.
     Unavailable,
+    /// The backend answered with bytes that are not the object's (a blob that does not hash
+    /// to its digest): another read may do better, but the backend is not to be trusted.
+    Corrupt,
     /// A configuration that cannot be used (at start-up).
     Config,
 }
@@ -106,7 +109,7 @@ impl BackendError {
 
     /// Worth trying again later (a write-back retries these, and gives up on the others).
     pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Unavailable
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Corrupt)
     }
 }
 
