@@ -1,14 +1,16 @@
 //! Pull-through of an image that exists only upstream, as separate `shoal` processes with
 //! real servers: Debian's `docker-registry` (CNCF distribution) as the upstream, filled by
-//! skopeo; an origin whose `[[backend]] kind = "registry"` serves the `pt/**` namespace
-//! (`pt/<name>` is pulled as upstream `<name>`); a tracker; a build-index that knows
-//! nothing of the image; eight agents.
+//! skopeo; an origin and a build-index whose `[[backend]] kind = "registry"` serves the
+//! `pt/**` namespace (`pt/<name>` is pulled as upstream `<name>`), neither of which has seen
+//! the images; a tracker; eight agents.
 //!
 //! - Eight `skopeo copy` started together pull the image by digest through the eight agents:
 //!   every copy is byte-identical to what was pushed upstream, and the upstream's access log
 //!   shows exactly one GET per layer and per config blob (the agents' metainfo requests
 //!   meet at the tracker, the origin fetches each blob once however many ask). The manifest
 //!   is read upstream once too (see [`an_image_only_upstream_is_pulled_through_eight_agents_at_once`]).
+//! - Eight pulls of another image by tag at once: the build-index resolves the tag upstream
+//!   once (and reads the manifest for its media type), and again one GET per blob.
 //! - Bad input: repository names outside the grammar are refused (agent, origin) and leave
 //!   nothing behind; an upstream that serves bytes that do not hash to their digest is a
 //!   clear error for the client, leaves nothing in the origin's store, and a later pull,
@@ -177,11 +179,17 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
     let mut layout = Layout::new(&source, 5).unwrap();
     let app = layout.image("amd64", &LAYER_SIZES).unwrap();
     let liar = layout.image("arm64", &[1 << 20, 5_000]).unwrap();
+    let tagged = layout.image("ppc64le", &[2 << 20, 700_000, 9_000]).unwrap();
     layout.tag(&app, "app");
     layout.tag(&liar, "liar");
+    layout.tag(&tagged, "tagged");
     layout.finish().unwrap();
     let original = blobs(&source);
-    for (tag, repo) in [("app", "team/app"), ("liar", "team/liar")] {
+    for (tag, repo) in [
+        ("app", "team/app"),
+        ("liar", "team/liar"),
+        ("tagged", "team/tagged"),
+    ] {
         skopeo_copy(
             &format!("oci:{}:{tag}", source.display()),
             &format!("docker://127.0.0.1:{upstream_port}/{repo}:v1"),
@@ -189,6 +197,7 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
     }
     let app = image_of(&source, "team/app", &app.digest);
     let liar = image_of(&source, "team/liar", &liar.digest);
+    let tagged = image_of(&source, "team/tagged", &tagged.digest);
     // A marker request after the pushes: what the log holds up to it is the pushes'
     // (skopeo's HEADs and uploads), what follows is the pulls'.
     let marker = "/v2/pushes-done/tags/list";
@@ -218,23 +227,18 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
         format!("[tracker]\nlisten = \"{tracker}\"\norigins = [\"{origin}\"]\nshards = 1\n"),
     )
     .unwrap();
+    let backend = format!(
+        "[[backend]]\nnamespace = \"pt/**\"\nkind = \"registry\"\n\
+         url = \"http://127.0.0.1:{upstream_port}\"\nstrip_prefix = \"pt/\"\n"
+    );
     let origin_file = scratch.path("origin.toml");
     std::fs::write(
         &origin_file,
-        format!(
-            r#"
-[origin]
-listen = "{origin}"
-
-[[backend]]
-namespace = "pt/**"
-kind = "registry"
-url = "http://127.0.0.1:{upstream_port}"
-strip_prefix = "pt/"
-"#
-        ),
+        format!("[origin]\nlisten = \"{origin}\"\n\n{backend}"),
     )
     .unwrap();
+    let index_file = scratch.path("build-index.toml");
+    std::fs::write(&index_file, &backend).unwrap();
     // Eight agents and eight skopeo processes share two cores here: a tracker request that
     // waits for the origin's upstream fetch gets more than the default 2 s.
     let agent_file = scratch.path("agent.toml");
@@ -276,6 +280,8 @@ strip_prefix = "pt/"
             "build-index",
             &[
                 "build-index",
+                "--config",
+                index_file.to_str().unwrap(),
                 "--listen",
                 "127.0.0.1:0",
                 "--data-dir",
@@ -385,15 +391,73 @@ strip_prefix = "pt/"
     let pull_requests: Vec<&str> = log
         .lines()
         .skip(pushes)
-        .filter(|l| l.contains("\"GET ") || l.contains("\"HEAD "))
+        .filter(|l| l.contains(" /v2/team/app/"))
         .collect();
     eprintln!(
-        "{AGENTS} pulls of {} blobs ({} bytes) in {elapsed:?}; upstream requests while pulling: {} \
+        "{AGENTS} pulls of {} blobs ({} bytes) in {elapsed:?}; upstream requests for team/app: {} \
          (layer and config GETs: 1 each; manifest: {manifest_gets} GET, {manifest_blob_gets} \
          404 at the blob endpoint, {manifest_heads} HEAD)",
         n_blobs,
         LAYER_SIZES.iter().sum::<usize>(),
         pull_requests.len()
+    );
+
+    // Eight pulls of the third image by tag at once: the build-index resolves the tag
+    // upstream (concurrent misses share the read) and learns the manifest's membership.
+    let tag_started = Instant::now();
+    let mut pulls: Vec<(PathBuf, Proc)> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, agent)| {
+            let dest = scratch.path(&format!("pulled-tag-{i}"));
+            let from = format!("docker://{agent}/pt/{}:v1", tagged.repo);
+            (
+                dest.clone(),
+                start_pull(&scratch, &format!("skopeo-tag-{i}"), &from, &dest),
+            )
+        })
+        .collect();
+    for (i, (_, pull)) in pulls.iter_mut().enumerate() {
+        let exit = pull.wait_exit(WAIT);
+        assert_eq!(exit, Some(true), "skopeo-tag-{i}: {}", pull.stderr_tail(20));
+    }
+    let tag_elapsed = tag_started.elapsed();
+    for (dest, _) in &pulls {
+        assert_copy_of(dest, &original, 2 + tagged.layers.len());
+    }
+    drop(pulls);
+    let tagged_path = |digest: &str| format!("/v2/team/tagged/blobs/{digest}");
+    let tagged_manifest = format!("/v2/team/tagged/manifests/{}", tagged.manifest);
+    for digest in tagged.layers.iter().chain([&tagged.config]) {
+        wait_until(&format!("the upstream GET of {digest}"), || {
+            pulled("GET", &tagged_path(digest)) >= 1
+        });
+    }
+    for digest in tagged.layers.iter().chain([&tagged.config]) {
+        assert_eq!(
+            pulled("GET", &tagged_path(digest)),
+            1,
+            "upstream GETs of {digest}"
+        );
+    }
+    // The tag: resolved once (HEAD, the digest from Docker-Content-Digest). The manifest:
+    // read once by the build-index (its media type and membership) and once by the origin
+    // (its bytes, for the agents), each after a 404 at the blob endpoint.
+    let tag_heads = pulled("HEAD", "/v2/team/tagged/manifests/v1");
+    let tag_gets = pulled("GET", "/v2/team/tagged/manifests/v1");
+    let tagged_manifest_gets = pulled("GET", &tagged_manifest);
+    let tagged_manifest_blob_gets = pulled("GET", &tagged_path(&tagged.manifest));
+    assert_eq!((tag_heads, tag_gets), (1, 0), "upstream tag resolutions");
+    assert_eq!(
+        tagged_manifest_gets, 2,
+        "upstream GETs of the tagged manifest"
+    );
+    assert!(tagged_manifest_blob_gets <= 2);
+    eprintln!(
+        "{AGENTS} pulls by tag of {} blobs in {tag_elapsed:?}: tag {tag_heads} HEAD; manifest \
+         {tagged_manifest_gets} GET ({tagged_manifest_blob_gets} 404 at the blob endpoint); \
+         layer and config GETs: 1 each",
+        2 + tagged.layers.len()
     );
 
     // Bad input: names outside the grammar, to the agent and to the origin.
