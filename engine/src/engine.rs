@@ -15,6 +15,7 @@ use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::RuntimeBuilder;
 use event_listener::Event;
 use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
+use shoal_proto::tracker_wire::Repository;
 use shoal_proto::{Bitfield, Digest, InfoHash, PeerId, PieceIndex, StripeIndex};
 
 use crate::config::{Driver, EngineConfig};
@@ -596,6 +597,17 @@ impl Engine {
     /// download on every shard. Returns once the swarms run, not when the blob is complete.
     /// Concurrent calls for one digest start one download. Await it inside a compio runtime.
     pub async fn fetch(&self, digest: &Digest) -> Result<(), EngineError> {
+        self.fetch_for(digest, None).await
+    }
+
+    /// [`Engine::fetch`] on behalf of `repository`, which the tracker passes on to the
+    /// origins on a miss (their storage backends are picked by repository). Concurrent calls
+    /// for one digest share the first one's metainfo request, whatever repository they name.
+    pub async fn fetch_for(
+        &self,
+        digest: &Digest,
+        repository: Option<&Repository>,
+    ) -> Result<(), EngineError> {
         if self.shared.store.has_blob(digest) {
             return Ok(());
         }
@@ -632,7 +644,7 @@ impl Engine {
                 Err(_) => Err(EngineError::ShutDown),
             };
         }
-        let result = self.start_download(digest).await;
+        let result = self.start_download(digest, repository).await;
         let waiters = lock(&self.shared.starting)
             .remove(digest)
             .unwrap_or_default();
@@ -642,11 +654,15 @@ impl Engine {
         result
     }
 
-    async fn start_download(&self, digest: &Digest) -> Result<(), EngineError> {
+    async fn start_download(
+        &self,
+        digest: &Digest,
+        repository: Option<&Repository>,
+    ) -> Result<(), EngineError> {
         let shared = &self.shared;
         let metainfo = shared
             .tracker
-            .get_metainfo(digest)
+            .get_metainfo_for(digest, repository)
             .await
             .map_err(|e| EngineError::Tracker(e.to_string()))?
             .ok_or_else(|| EngineError::NotFound {
@@ -792,6 +808,15 @@ impl Engine {
     /// (which starts nothing). [`EngineError::NotFound`] if no tracker knows the blob. What
     /// answers `HEAD /v2/<name>/blobs/<digest>` and resolves a `Range` before [`Engine::open`].
     pub async fn blob_len(&self, digest: &Digest) -> Result<u64, EngineError> {
+        self.blob_len_for(digest, None).await
+    }
+
+    /// [`Engine::blob_len`] on behalf of `repository` (see [`Engine::fetch_for`]).
+    pub async fn blob_len_for(
+        &self,
+        digest: &Digest,
+        repository: Option<&Repository>,
+    ) -> Result<u64, EngineError> {
         if let Some(len) = self.shared.store.blob_len(digest) {
             return Ok(len);
         }
@@ -803,7 +828,7 @@ impl Engine {
         let metainfo = self
             .shared
             .tracker
-            .get_metainfo(digest)
+            .get_metainfo_for(digest, repository)
             .await
             .map_err(|e| EngineError::Tracker(e.to_string()))?
             .ok_or_else(|| EngineError::NotFound {
@@ -909,7 +934,9 @@ impl Engine {
     }
 
     /// Seeds a blob that is complete in the store: registers its metainfo with the tracker
-    /// and joins its swarm. A no-op if it is already in a swarm.
+    /// and joins its swarm. A no-op if it is already in a swarm. A tracker that does not take
+    /// the metainfo (down, full) is logged and does not stop the seeding: trackers fetch a
+    /// metainfo they lack from the origins, and the announcer keeps announcing.
     pub async fn seed(&self, digest: &Digest) -> Result<(), EngineError> {
         if let Some(blob) = self.blob(digest)
             && !blob.is_stopped()
@@ -924,11 +951,9 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound {
                 digest: Box::new(*digest),
             })?;
-        self.shared
-            .tracker
-            .put_metainfo(&metainfo)
-            .await
-            .map_err(|e| EngineError::Tracker(e.to_string()))?;
+        if let Err(error) = self.shared.tracker.put_metainfo(&metainfo).await {
+            tracing::warn!(%digest, %error, "no tracker took the metainfo; seeding anyway");
+        }
         let n_pieces = metainfo.n_pieces() as usize;
         let blob = Arc::new(BlobShared::new(
             metainfo,

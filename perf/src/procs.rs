@@ -565,6 +565,66 @@ pub fn gcs_emulator(scratch: &Scratch, port: u16, bucket: &str, log: &str) -> Re
     Ok(proc)
 }
 
+/// Debian's `docker-registry` (CNCF distribution) serving `storage` on `127.0.0.1:port`,
+/// with `extra` (YAML, e.g. an `auth:` section) appended to its config. Its access log (one
+/// line per request, `"METHOD PATH HTTP/1.1" STATUS …`, written once the request is
+/// answered) goes to `scratch/<name>.log`; see [`requests_in_log`].
+pub fn docker_registry(
+    scratch: &Scratch,
+    name: &str,
+    port: u16,
+    storage: &Path,
+    extra: &str,
+) -> Result<Proc, String> {
+    let config = format!(
+        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+         http:\n  addr: 127.0.0.1:{port}\n{extra}",
+        storage.display()
+    );
+    let config_path = scratch.path(&format!("{name}.yml"));
+    std::fs::write(&config_path, config).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let log = scratch.path(&format!("{name}.log"));
+    let (config_text, log_text) = (config_path.to_string_lossy(), log.to_string_lossy());
+    // The access log goes to stdout: into the log file (`exec` keeps the pid, so dropping
+    // the Proc kills the registry itself).
+    let proc = Proc::start(
+        name,
+        Path::new("sh"),
+        &[
+            "-c",
+            "exec docker-registry serve \"$0\" >>\"$1\"",
+            &config_text,
+            &log_text,
+        ],
+        &[],
+        scratch.path(&format!("{name}.stderr")),
+    )
+    .map_err(|e| format!("docker-registry (apt install docker-registry): {e}"))?;
+    wait_listening(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &proc,
+        Duration::from_secs(60),
+    )?;
+    Ok(proc)
+}
+
+/// Requests `METHOD PATH` (exactly that path, no query) in a distribution access log.
+pub fn requests_in_log(log: &Path, method: &str, path: &str) -> usize {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let needle = format!("\"{method} {path} ");
+    text.lines().filter(|line| line.contains(&needle)).count()
+}
+
+/// Where distribution's filesystem storage keeps a blob's bytes.
+pub fn docker_registry_blob_path(storage: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(hex.get(..2).unwrap_or(""))
+        .join(hex)
+        .join("data")
+}
+
 /// Waits (at most `wait_max`) until `addr` can be bound again: after a SIGKILL the kernel
 /// releases an io_uring process's sockets only once the ring is torn down, a little after
 /// the process is reaped, so a restart on the same port waits for this first.

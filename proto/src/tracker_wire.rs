@@ -12,7 +12,7 @@
 //!
 //! kind  direction  message      body
 //! 0x01  request    Announce     digest info_hash[32] peer_id[20] port:u16 flags:u8
-//! 0x02  request    GetMetainfo  digest
+//! 0x02  request    GetMetainfo  digest [repo_len:u8 repo[repo_len]]
 //! 0x03  request    PutMetainfo  metainfo (canonical encoding; the rest of the body)
 //! 0x81  response   Announce     interval_ms:u32 n_peers:u16 peer × n_peers
 //! 0x82  response   Metainfo     metainfo (canonical encoding; the rest of the body)
@@ -24,11 +24,19 @@
 //! Flags (announce request and peer entries): bit 0 `is_origin`, bit 1 `is_complete`; every
 //! other bit must be clear.
 //!
+//! A GetMetainfo may name the repository that asks (so that a tracker's miss can be filled
+//! from that repository's storage backend): after the digest, `repo_len` (1 to
+//! [`REPOSITORY_LEN_MAX`]) and that many bytes of `[a-z0-9._/-]` ([`Repository`]). A body that
+//! ends after the digest names none, as GetMetainfo frames from before the field did, so an
+//! older peer's request still parses.
+//!
 //! Rules, all enforced by [`parse_request`] and [`parse_response`]:
 //! - `version` is [`TRACKER_WIRE_VERSION`]; `frame_len` lies in
 //!   `FRAME_LEN_MIN..=`[`FRAME_LEN_MAX`], and within the largest body of its kind.
 //! - A request kind arriving where a response is expected (or the reverse) is an unknown kind.
-//! - Each fixed-shape body has exactly its length; no trailing bytes inside a frame.
+//! - Each fixed-shape body has exactly its length; no trailing bytes inside a frame. A
+//!   GetMetainfo body is a digest, or a digest and a non-empty repository of exactly
+//!   `repo_len` bytes.
 //! - `n_peers` is at most [`tracker::SAMPLE_SIZE_CEILING`]; `interval_ms` lies in
 //!   `1..=`[`INTERVAL_MS_MAX`]; an error message is valid UTF-8 of at most
 //!   [`ERROR_MESSAGE_LEN_MAX`] bytes; the error code is one [`ErrorCode`] knows.
@@ -84,6 +92,9 @@ pub const METAINFO_LEN_MAX: usize = metainfo::ENCODED_LEN_MAX as usize;
 /// Most peers in one announce response.
 pub const PEERS_MAX: usize = tracker::SAMPLE_SIZE_CEILING;
 
+/// Longest repository name in a GetMetainfo (the OCI distribution spec's 255 characters).
+pub const REPOSITORY_LEN_MAX: usize = 255;
+
 const DIGEST_ALGORITHM_SHA256: u8 = 1;
 const DIGEST_ALGORITHM_SHA512: u8 = 2;
 /// Longest encoded digest: algorithm byte and a SHA-512.
@@ -107,6 +118,9 @@ const PEER_V6_LEN: usize = PEER_FIXED_LEN + 16 + 2;
 /// Error body before the message: code, `message_len`.
 const ERROR_FIXED_LEN: usize = 1 + 2;
 
+/// Largest GetMetainfo body: a SHA-512 digest and the longest repository.
+const GET_METAINFO_BODY_LEN_MAX: usize = DIGEST_LEN_MAX + 1 + REPOSITORY_LEN_MAX;
+
 /// Largest announce response body: [`PEERS_MAX`] IPv6 peers.
 const ANNOUNCE_RESPONSE_BODY_LEN_MAX: usize = ANNOUNCE_RESPONSE_FIXED_LEN + PEERS_MAX * PEER_V6_LEN;
 
@@ -119,6 +133,8 @@ const _: () = assert!(ANNOUNCE_RESPONSE_BODY_LEN_MAX < METAINFO_LEN_MAX);
 const _: () = assert!(ERROR_FIXED_LEN + ERROR_MESSAGE_LEN_MAX < METAINFO_LEN_MAX);
 const _: () = assert!(FRAME_LEN_MAX <= u32::MAX as usize);
 const _: () = assert!(PEERS_MAX <= u16::MAX as usize);
+const _: () = assert!(REPOSITORY_LEN_MAX <= u8::MAX as usize);
+const _: () = assert!(GET_METAINFO_BODY_LEN_MAX < METAINFO_LEN_MAX);
 const _: () = assert!(ERROR_MESSAGE_LEN_MAX <= u16::MAX as usize);
 const _: () = assert!(
     INTERVAL_MS_MAX as u128
@@ -209,7 +225,7 @@ impl Kind {
     fn body_len_max(self) -> usize {
         match self {
             Kind::AnnounceRequest => DIGEST_LEN_MAX + ANNOUNCE_TAIL_LEN,
-            Kind::GetMetainfo => DIGEST_LEN_MAX,
+            Kind::GetMetainfo => GET_METAINFO_BODY_LEN_MAX,
             Kind::PutMetainfo | Kind::Metainfo => METAINFO_LEN_MAX,
             Kind::AnnounceResponse => ANNOUNCE_RESPONSE_BODY_LEN_MAX,
             Kind::NotFound | Kind::Ok => 0,
@@ -262,6 +278,62 @@ pub enum TrackerWireError {
     ErrorMessageTooLong { len: usize },
     #[error("error message is not valid UTF-8")]
     ErrorMessageNotUtf8,
+    #[error("repository name is empty")]
+    RepositoryEmpty,
+    #[error("repository name of {len} bytes exceeds the maximum of {max}", max = REPOSITORY_LEN_MAX)]
+    RepositoryTooLong { len: usize },
+    #[error("repository name holds byte {byte:#04x} at {position}, outside [a-z0-9._/-]")]
+    RepositoryByte { byte: u8, position: usize },
+}
+
+/// A repository name as the tracker protocol carries it: 1 to [`REPOSITORY_LEN_MAX`] bytes of
+/// `[a-z0-9._/-]`. That is the alphabet of OCI repository names, not their grammar: the
+/// receiver checks the grammar before it uses the name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Repository(String);
+
+impl Repository {
+    pub fn new(name: &str) -> Result<Repository, TrackerWireError> {
+        Repository::check(name.as_bytes())?;
+        Ok(Repository(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn check(bytes: &[u8]) -> Result<(), TrackerWireError> {
+        if bytes.is_empty() {
+            return Err(TrackerWireError::RepositoryEmpty);
+        }
+        if bytes.len() > REPOSITORY_LEN_MAX {
+            return Err(TrackerWireError::RepositoryTooLong { len: bytes.len() });
+        }
+        match bytes.iter().position(|&b| {
+            !(b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'.' | b'_' | b'/' | b'-'))
+        }) {
+            Some(position) => Err(TrackerWireError::RepositoryByte {
+                byte: bytes[position],
+                position,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// From checked bytes of the wire.
+    fn parse(bytes: &[u8]) -> Result<Repository, TrackerWireError> {
+        Repository::check(bytes)?;
+        // Checked: ASCII only, so each byte is its character.
+        Ok(Repository(bytes.iter().map(|&b| char::from(b)).collect()))
+    }
+}
+
+impl fmt::Display for Repository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A peer announcing that it takes part in (or seeds) a blob's swarm.
@@ -283,9 +355,12 @@ pub struct Announce {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Announce(Announce),
-    /// The canonical metainfo of this blob, if the tracker has it.
+    /// The canonical metainfo of this blob, if the tracker has it. `repository`: the
+    /// repository that asks, if known; a tracker that misses passes it on to the origins,
+    /// whose storage backends are picked by repository.
     GetMetainfo {
         digest: Digest,
+        repository: Option<Repository>,
     },
     /// Store this canonical metainfo (keyed by the digest inside it).
     PutMetainfo {
@@ -407,7 +482,14 @@ pub fn encode_request(request: &Request, out: &mut Vec<u8>) {
             out.extend_from_slice(&announce.port.to_be_bytes());
             out.push(flags(announce.is_origin, announce.is_complete));
         }
-        Request::GetMetainfo { digest } => encode_digest(digest, out),
+        Request::GetMetainfo { digest, repository } => {
+            encode_digest(digest, out);
+            if let Some(repository) = repository {
+                // Lossless: a Repository is at most REPOSITORY_LEN_MAX bytes, which fits a u8.
+                out.push(repository.0.len() as u8);
+                out.extend_from_slice(repository.0.as_bytes());
+            }
+        }
         Request::PutMetainfo { metainfo } => {
             assert!(
                 metainfo.len() <= METAINFO_LEN_MAX,
@@ -625,7 +707,7 @@ fn check_body_prefix(
 ) -> Result<(), TrackerWireError> {
     let digest_tail = match kind {
         Kind::AnnounceRequest => Some(ANNOUNCE_TAIL_LEN),
-        Kind::GetMetainfo => Some(0),
+        Kind::GetMetainfo => return check_get_metainfo_prefix(body_len, visible_body),
         Kind::NotFound | Kind::Ok => return expect_body_len(kind, 0, body_len),
         Kind::PutMetainfo | Kind::Metainfo | Kind::AnnounceResponse | Kind::Error => None,
     };
@@ -634,6 +716,27 @@ fn check_body_prefix(
         expect_body_len(kind, expected, body_len)?;
     }
     Ok(())
+}
+
+/// A GetMetainfo body: a digest, then optionally `repo_len` (at least 1) and the name.
+fn check_get_metainfo_prefix(body_len: usize, visible_body: &[u8]) -> Result<(), TrackerWireError> {
+    let kind = Kind::GetMetainfo;
+    let Some(&algorithm) = visible_body.first() else {
+        return Ok(());
+    };
+    let digest_len = 1 + digest_hash_len(algorithm)?;
+    // A digest alone, or a digest, a length byte and at least one byte of name.
+    if body_len == digest_len {
+        return Ok(());
+    }
+    if body_len < digest_len + 2 {
+        return expect_body_len(kind, digest_len, body_len);
+    }
+    match visible_body.get(digest_len) {
+        None => Ok(()),
+        Some(0) => Err(TrackerWireError::RepositoryEmpty),
+        Some(&repo_len) => expect_body_len(kind, digest_len + 1 + usize::from(repo_len), body_len),
+    }
 }
 
 fn decode_request(kind: Kind, body: &[u8]) -> Result<Request, TrackerWireError> {
@@ -654,9 +757,16 @@ fn decode_request(kind: Kind, body: &[u8]) -> Result<Request, TrackerWireError> 
                 is_complete,
             })
         }
-        Kind::GetMetainfo => Request::GetMetainfo {
-            digest: reader.digest()?,
-        },
+        Kind::GetMetainfo => {
+            let digest = reader.digest()?;
+            let repository = if reader.rest.is_empty() {
+                None
+            } else {
+                let repo_len = usize::from(reader.u8()?);
+                Some(Repository::parse(reader.take(repo_len)?)?)
+            };
+            Request::GetMetainfo { digest, repository }
+        }
         Kind::PutMetainfo => Request::PutMetainfo {
             metainfo: reader.take_rest().to_vec(),
         },

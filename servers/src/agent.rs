@@ -20,7 +20,10 @@
 //!   `<registry>/<name>` ([`mirrored_path`]).
 //!
 //! Blobs are content-addressed and shared by every repository: the repository name is
-//! checked against the grammar but does not restrict which blobs it can read.
+//! checked against the grammar but does not restrict which blobs it can read. It travels
+//! with the reads that can reach a storage backend (the tracker's metainfo request, the
+//! manifest reads from the origin), so that a pull-through repository's upstream fills a
+//! miss.
 //!
 //! Runs on one compio runtime of its own (see `shoal agent`); the engine's shards are other
 //! threads, and each blob stream reads the store's files from this runtime. Serving HTTP
@@ -37,6 +40,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use shoal_engine::Engine;
 use shoal_proto::Digest;
+use shoal_proto::tracker_wire::Repository;
 
 pub use crate::http::blob::CONTENT_DIGEST_HEADER;
 use crate::http::blob::{blob_response, engine_error};
@@ -144,7 +148,9 @@ impl Agent {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 Ok(response)
             }
-            Route::Blob { digest, .. } if read => self.blob(&digest, &parts.headers, head).await,
+            Route::Blob { name, digest } if read => {
+                self.blob(name, &digest, &parts.headers, head).await
+            }
             Route::Manifest { name, reference } if read => {
                 manifests::manifest_response(self.need_registry()?, name, &reference, head).await
             }
@@ -230,19 +236,31 @@ impl Agent {
         Ok(response)
     }
 
-    /// `GET` or `HEAD` of a blob (with at most one byte range).
+    /// `GET` or `HEAD` of a blob (with at most one byte range) of repository `name`: the
+    /// tracker is asked for the metainfo on behalf of `name`, so that an origin that lacks
+    /// the blob fills it from `name`'s storage backend.
     async fn blob(
         &self,
+        name: &str,
         digest: &Digest,
         headers: &HeaderMap,
         head: bool,
     ) -> Result<Response<LocalBody>, OciError> {
+        let repository = Repository::new(name)
+            .map_err(|e| OciError::new(ErrorCode::NameInvalid, format!("{name:?}: {e}")))?;
         if !head {
             // Starts the download if the blob is neither cached nor coming: its length is
             // then known here, with one trip to the tracker.
-            self.engine.fetch(digest).await.map_err(engine_error)?;
+            self.engine
+                .fetch_for(digest, Some(&repository))
+                .await
+                .map_err(engine_error)?;
         }
-        let blob_len = self.engine.blob_len(digest).await.map_err(engine_error)?;
+        let blob_len = self
+            .engine
+            .blob_len_for(digest, Some(&repository))
+            .await
+            .map_err(engine_error)?;
         blob_response(&self.engine, digest, blob_len, headers, head).await
     }
 }

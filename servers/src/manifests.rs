@@ -5,8 +5,11 @@
 //! - [`manifest_response`]: `GET|HEAD /v2/<name>/manifests/<reference>`. A tag is resolved
 //!   at the build-index on every request (no cache: a retag is seen by the very next
 //!   request); a digest must be a manifest of the repository (the build-index's membership
-//!   record, written on every manifest push and for every tag), else 404
-//!   `MANIFEST_UNKNOWN`, whatever the origin stores. The bytes come from the origin
+//!   record, written on every manifest push and for every tag), or, in a pull-through
+//!   repository, one its upstream holds (the origin checks with the repository's storage
+//!   backend: [`Registry::fetch_upstream_manifest`]), else 404 `MANIFEST_UNKNOWN`, whatever
+//!   the origin stores. The bytes come from the origin, read for the repository (an origin
+//!   that lacks them fills them from the repository's backend)
 //!   (manifests are small blobs, read straight from an origin rather than through the
 //!   swarm), checked against the digest. `Content-Type` is the tag record's media type, or
 //!   for a digest the membership record's (the type it was pushed as). The request's `Accept` is ignored: a manifest is
@@ -51,7 +54,7 @@ pub async fn manifest_response(
     reference: &Reference<'_>,
     head: bool,
 ) -> Result<Response<LocalBody>, OciError> {
-    let (digest, media_type) = match reference {
+    let (digest, media_type, bytes) = match reference {
         Reference::Tag(tag) => {
             let Some(target) = registry
                 .resolve_tag(name, tag)
@@ -60,25 +63,34 @@ pub async fn manifest_response(
             else {
                 return Err(manifest_unknown(&format!("{name}:{tag}")));
             };
-            (target.digest, Some(target.media_type))
+            (target.digest, Some(target.media_type), None)
         }
         Reference::Digest(digest) => {
-            let Some(record) = registry
+            match registry
                 .manifest_record(name, digest)
                 .await
                 .map_err(|e| e.to_oci())?
-            else {
-                return Err(manifest_unknown(&format!("{name}@{digest}")));
-            };
-            (*digest, Some(record.media_type))
+            {
+                Some(record) => (*digest, Some(record.media_type), None),
+                // Not pushed here: perhaps held by the repository's upstream.
+                None => match registry
+                    .fetch_upstream_manifest(name, digest)
+                    .await
+                    .map_err(|e| e.to_oci())?
+                {
+                    Some(bytes) => (*digest, None, Some(bytes)),
+                    None => return Err(manifest_unknown(&format!("{name}@{digest}"))),
+                },
+            }
         }
     };
-    let Some(bytes) = registry
-        .fetch_manifest(&digest)
-        .await
-        .map_err(|e| e.to_oci())?
-    else {
-        return Err(manifest_unknown(&format!("{name}@{digest}")));
+    let bytes = match bytes {
+        Some(bytes) => bytes,
+        None => registry
+            .fetch_manifest(&digest, Some(name))
+            .await
+            .map_err(|e| e.to_oci())?
+            .ok_or_else(|| manifest_unknown(&format!("{name}@{digest}")))?,
     };
     let media_type = media_type.unwrap_or_else(|| detect_media_type(&bytes));
     let subject = referenced_digests(&bytes, &media_type)

@@ -23,6 +23,20 @@
 //! - `GET /internal/metainfo/<digest>`: the canonical encoding of a stored blob's metainfo
 //!   (its sidecar, `application/octet-stream`), 404 `BLOB_UNKNOWN` if the blob is not
 //!   stored. Trackers fetch it on a miss (metainfo is immutable, so they cache it).
+//! - `?repo=<name>` on any of these: the repository the request is made for (checked
+//!   against the name grammar: 400 `NAME_INVALID`). A miss is filled from the backend that
+//!   serves that repository ([`Storage::read_namespace`]), and a pushed blob is written back
+//!   under it ([`Storage::write_namespace`]); without it, the configured default namespace.
+//! - `GET /internal/blobs/<digest>?repo=<name>&confirm=upstream`: the read of a manifest
+//!   that the build-index does not list for `<name>`, in a pull-through repository. Served
+//!   only if `<name>`'s backend holds blobs per repository (an upstream registry) and holds
+//!   this digest in `<name>` (seen in a fetch or a stat for `<name>` within
+//!   [`UPSTREAM_HOLDS_TTL`], else asked now); otherwise 404 `BLOB_UNKNOWN`, whatever the
+//!   store holds. So a repository reads by digest only what its upstream has.
+//! - A miss whose backend is down or unreachable is answered as a miss (404, logged): a
+//!   client checking a blob before a push then uploads it. One whose backend answered
+//!   wrongly (bytes that do not hash to the digest, a refused login) or that cannot be
+//!   ingested is 503 `UNAVAILABLE` with the reason. Nothing of a failed fetch is kept.
 //! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
 //!   methods, 400 `DIGEST_INVALID` for a malformed digest.
 //!
@@ -32,7 +46,7 @@
 //! Runs on one compio runtime (see `shoal origin`); the engine's shards are other threads.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,7 +66,8 @@ use shoal_proto::Digest;
 
 use crate::backend::dedup::{Flights, fetch_to_file};
 use crate::backend::writeback::{WriteBack, WriteBackConfig};
-use crate::backend::{Backends, Key};
+use crate::backend::{Backends, ErrorKind, Key};
+use crate::build_index::validate_repository;
 use crate::cluster::{HEALTH_PATH, OriginCluster};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
 use crate::http::client::{ClientBody, ClientConfig, HttpClient};
@@ -110,10 +125,87 @@ pub struct Membership {
 #[derive(Debug, Clone)]
 pub struct Storage {
     pub backends: Arc<Backends>,
-    /// The namespace of blob keys ([`Key::blob`]): picks the backend by pattern, and is the
-    /// repository an upstream registry is asked for.
+    /// The namespace of blob keys ([`Key::blob`]) when a request names no repository, or
+    /// one that no backend serves: picks the backend by pattern, and is the repository an
+    /// upstream registry is asked for.
     pub namespace: String,
     pub writeback: WriteBackConfig,
+}
+
+impl Storage {
+    /// The namespace a miss of a blob asked for by `repository` is fetched under: the
+    /// repository when a backend serves it, else the default namespace.
+    pub fn read_namespace<'a>(&'a self, repository: Option<&'a str>) -> &'a str {
+        match repository {
+            Some(repository) if self.backends.for_namespace(repository).is_ok() => repository,
+            _ => &self.namespace,
+        }
+    }
+
+    /// The namespace a blob pushed for `repository` is written back under: the repository
+    /// when a writable backend serves it, else the default namespace when one serves that;
+    /// `None` when no writable backend would take it (say, a pull-through repository, and a
+    /// default namespace served only by read-only upstreams).
+    pub fn write_namespace<'a>(&'a self, repository: Option<&'a str>) -> Option<&'a str> {
+        let writable = |namespace: &str| {
+            self.backends
+                .for_namespace(namespace)
+                .is_ok_and(|backend| !backend.read_only())
+        };
+        match repository {
+            Some(repository) if writable(repository) => Some(repository),
+            _ if writable(&self.namespace) => Some(&self.namespace),
+            _ => None,
+        }
+    }
+
+    /// Whether `repository` is served by a backend that holds blobs per repository (an
+    /// upstream registry): a pull-through repository.
+    pub fn pulls_through(&self, repository: &str) -> bool {
+        self.backends
+            .for_namespace(repository)
+            .is_ok_and(|backend| backend.per_repository())
+    }
+}
+
+/// How long a repository is believed to hold a digest upstream after a fetch or a stat for
+/// it said so (then the upstream is asked again).
+pub const UPSTREAM_HOLDS_TTL: Duration = Duration::from_secs(600);
+
+/// (repository, digest) pairs remembered at most (beyond, the expired go, then all).
+pub const UPSTREAM_HOLDS_MAX: usize = 16_384;
+
+/// The query parameter that names the repository a request is made for.
+pub const REPO_PARAM: &str = "repo";
+
+/// `confirm=upstream`: serve only what the repository's upstream holds.
+pub const CONFIRM_PARAM: &str = "confirm";
+pub const CONFIRM_UPSTREAM: &str = "upstream";
+
+/// Which digests an upstream was seen to hold in which repository, and when.
+#[derive(Debug, Default)]
+struct UpstreamHolds {
+    seen: HashMap<(String, Digest), std::time::Instant>,
+}
+
+impl UpstreamHolds {
+    fn holds(&self, repository: &str, digest: &Digest) -> bool {
+        self.seen
+            .get(&(repository.to_owned(), *digest))
+            .is_some_and(|seen| seen.elapsed() < UPSTREAM_HOLDS_TTL)
+    }
+
+    fn record(&mut self, repository: &str, digest: Digest) {
+        if self.seen.len() >= UPSTREAM_HOLDS_MAX {
+            self.seen
+                .retain(|_, seen| seen.elapsed() < UPSTREAM_HOLDS_TTL);
+            if self.seen.len() >= UPSTREAM_HOLDS_MAX {
+                self.seen.clear();
+            }
+        }
+        self.seen
+            .insert((repository.to_owned(), digest), std::time::Instant::now());
+    }
 }
 
 /// Backend fetches in flight at once (more misses wait for one of them to end).
@@ -182,6 +274,10 @@ pub struct OriginState {
     writeback: Option<Arc<WriteBack>>,
     /// Backend fetches in flight, shared by concurrent misses.
     flights: Flights<u64>,
+    /// Backend stats in flight (`confirm=upstream`), shared by concurrent requests.
+    stat_flights: Flights<Option<u64>>,
+    /// What upstreams were seen to hold, per repository (`confirm=upstream`).
+    upstream_holds: RefCell<UpstreamHolds>,
 }
 
 impl std::ops::Deref for Origin {
@@ -263,6 +359,8 @@ impl Origin {
             n_filled: Cell::new(0),
             writeback,
             flights: Flights::new(FLIGHTS_MAX),
+            stat_flights: Flights::new(FLIGHTS_MAX),
+            upstream_holds: RefCell::new(UpstreamHolds::default()),
         });
         if let Some(membership) = &inner.config.membership {
             membership.cluster.spawn_health_checks(inner.client.clone());
@@ -301,12 +399,14 @@ impl Origin {
                 Ok(method_not_allowed(method, "GET"))
             };
         }
+        let query = parts.uri.query().unwrap_or("");
         if let Some(digest) = path.strip_prefix(METAINFO_PATH) {
             let digest = parse_digest(digest)?;
             if parts.method != Method::GET {
                 return Ok(method_not_allowed(&parts.method, "GET"));
             }
-            return self.metainfo(&digest).await;
+            let repository = repository_param(query)?;
+            return self.metainfo(&digest, repository.as_deref()).await;
         }
         let Some(digest) = path.strip_prefix(BLOBS_PATH) else {
             return Err(OciError::new(
@@ -315,14 +415,40 @@ impl Origin {
             ));
         };
         let digest = parse_digest(digest)?;
+        let repository = repository_param(query)?;
         if method == Method::PUT {
-            self.put(digest, &parts.headers, body).await
+            self.put(digest, repository.as_deref(), &parts.headers, body)
+                .await
         } else if method == Method::GET || method == Method::HEAD {
+            if let Some(confirm) = query::param(query, CONFIRM_PARAM) {
+                let (Some(repository), CONFIRM_UPSTREAM, true) =
+                    (&repository, confirm.as_str(), method == Method::GET)
+                else {
+                    return Err(OciError::new(
+                        ErrorCode::Unsupported,
+                        format!(
+                            "{CONFIRM_PARAM}={CONFIRM_UPSTREAM} is the only confirmation, \
+                             for a GET with {REPO_PARAM}="
+                        ),
+                    ));
+                };
+                if !self.inner.held_upstream(digest, repository).await? {
+                    return Err(OciError::new(
+                        ErrorCode::BlobUnknown,
+                        format!("{repository} does not hold {digest} upstream"),
+                    )
+                    .with_detail(serde_json::json!({ "digest": digest.to_string() })));
+                }
+            }
             let mut blob_len = self.engine.store().blob_len(&digest);
             if blob_len.is_none()
                 && method == Method::GET
                 && !parts.headers.contains_key(REPLICA_READ_HEADER)
-                && self.inner.fill(digest, None).await
+                && self
+                    .inner
+                    .fill_detached(digest, repository.as_deref())
+                    .await
+                    .map_err(|e| backend_unavailable(&digest, &e))?
             {
                 blob_len = self.engine.store().blob_len(&digest);
             }
@@ -380,10 +506,18 @@ impl Origin {
         Ok(response)
     }
 
-    /// The stored metainfo sidecar of `digest`, canonically encoded.
-    async fn metainfo(&self, digest: &Digest) -> Result<Response<LocalBody>, OciError> {
+    /// The stored metainfo sidecar of `digest`, canonically encoded (filled first on a miss,
+    /// for `repository`).
+    async fn metainfo(
+        &self,
+        digest: &Digest,
+        repository: Option<&str>,
+    ) -> Result<Response<LocalBody>, OciError> {
         if !self.engine.store().has_blob(digest) {
-            self.inner.fill(*digest, None).await;
+            self.inner
+                .fill_detached(*digest, repository)
+                .await
+                .map_err(|e| backend_unavailable(digest, &e))?;
         }
         let metainfo = self
             .engine
@@ -403,6 +537,7 @@ impl Origin {
     async fn put(
         &self,
         digest: Digest,
+        repository: Option<&str>,
         headers: &HeaderMap,
         body: Incoming,
     ) -> Result<Response<LocalBody>, OciError> {
@@ -434,7 +569,7 @@ impl Origin {
                 tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
             }
             result?;
-            self.write_back(digest, len).await?;
+            self.write_back(digest, len, repository).await?;
         }
         self.engine.seed(&digest).await.map_err(engine_error)?;
         let mut response = Response::new(LocalBody::empty());
@@ -496,14 +631,24 @@ impl OriginState {
 }
 
 impl OriginState {
-    /// Journals a newly stored blob for the backend (nothing without backends). If it cannot
-    /// be journaled, the blob is removed again and the PUT fails (503): the client pushes
-    /// again, and nothing is stored that the backend would never get.
-    async fn write_back(&self, digest: Digest, len: u64) -> Result<(), OciError> {
+    /// Journals a newly stored blob for the backend of `repository` (see
+    /// [`Storage::write_namespace`]; nothing without a writable backend). If it cannot be
+    /// journaled, the blob is removed again and the PUT fails (503): the client pushes again,
+    /// and nothing is stored that the backend would never get.
+    async fn write_back(
+        &self,
+        digest: Digest,
+        len: u64,
+        repository: Option<&str>,
+    ) -> Result<(), OciError> {
         let (Some(queue), Some(storage)) = (&self.writeback, &self.config.storage) else {
             return Ok(());
         };
-        let queued = match Key::blob(&storage.namespace, &digest) {
+        let Some(namespace) = storage.write_namespace(repository) else {
+            tracing::debug!(%digest, ?repository, "no writable backend for the blob; not written back");
+            return Ok(());
+        };
+        let queued = match Key::blob(namespace, &digest) {
             Ok(key) => queue
                 .enqueue(key, self.engine.store().blob_path(&digest), len)
                 .await
@@ -523,17 +668,32 @@ impl OriginState {
         Ok(())
     }
 
-    /// Gets `digest` from the storage backend into this store (the caller holds its turn):
-    /// fetched to a temporary file, checked against the digest by the ingestion, seeded.
-    async fn fetch_from_backend(&self, digest: Digest) -> Result<bool, String> {
+    /// Gets `digest` from the storage backend of `repository` ([`Storage::read_namespace`])
+    /// into this store (the caller holds its turn): fetched to a temporary file, checked
+    /// against the digest by the ingestion, seeded. A fetch from a per-repository backend is
+    /// remembered as that repository holding the digest.
+    async fn fetch_from_backend(
+        &self,
+        digest: Digest,
+        repository: Option<&str>,
+    ) -> Result<bool, String> {
         let Some(storage) = &self.config.storage else {
             return Ok(false);
         };
-        let key = Key::blob(&storage.namespace, &digest).map_err(|e| e.to_string())?;
+        let namespace = storage.read_namespace(repository);
+        let key = Key::blob(namespace, &digest).map_err(|e| e.to_string())?;
         let temp = self.temp_path(&digest);
         let fetched = fetch_to_file(&self.flights, &storage.backends, &key, &temp).await;
         let result = match fetched {
             Err(error) if error.is_not_found() => Ok(false),
+            // Down or unreachable: a miss, as far as anyone can tell now (so a client that
+            // checks a blob before pushing it uploads it, and a push works through an
+            // outage). Anything else (bytes that are not the blob, a refused login) is an
+            // error the client sees.
+            Err(error) if error.kind == ErrorKind::Unavailable => {
+                tracing::warn!(%digest, %key, %error, "the storage backend is unavailable; answering as a miss");
+                Ok(false)
+            }
             Err(error) => Err(error.to_string()),
             Ok(len) if len > self.config.blob_bytes_max => Err(format!(
                 "{len} bytes is more than this origin's {} per blob",
@@ -552,40 +712,117 @@ impl OriginState {
             tracing::warn!(path = %temp.display(), %error, "could not remove a temporary file");
         }
         if result? {
-            self.engine.seed(&digest).await.map_err(|e| e.to_string())?;
-            tracing::info!(%digest, "blob fetched from the storage backend");
+            if storage.pulls_through(namespace) {
+                self.upstream_holds.borrow_mut().record(namespace, digest);
+            }
+            tracing::info!(%digest, namespace, "blob fetched from the storage backend");
+            // Stored: a read can be served whether or not the swarm can have it yet.
+            if let Err(error) = self.engine.seed(&digest).await {
+                tracing::warn!(%digest, %error, "could not seed a blob fetched from the backend");
+            }
             return Ok(true);
         }
         Ok(false)
     }
 
-    /// Fetches `digest` from the other origins into this store, if this origin is one of its
-    /// owners (now, or when every member is up) and another origin has it: `first` is asked
-    /// first, then the digest's read order. Concurrent fills and PUTs of one digest run one
-    /// at a time. Returns whether the blob is stored now.
-    async fn fill(&self, digest: Digest, first: Option<SocketAddr>) -> bool {
+    /// Whether `repository`'s upstream holds `digest` and this store has it now (fetched
+    /// for `repository` if missing): `confirm=upstream`. `false` for a repository that does
+    /// not pull through.
+    async fn held_upstream(
+        self: &Rc<Self>,
+        digest: Digest,
+        repository: &str,
+    ) -> Result<bool, OciError> {
+        let Some(storage) = &self.config.storage else {
+            return Ok(false);
+        };
+        if !storage.pulls_through(repository) {
+            return Ok(false);
+        }
+        if !self.engine.store().has_blob(&digest)
+            && !self
+                .fill_detached(digest, Some(repository))
+                .await
+                .map_err(|e| backend_unavailable(&digest, &e))?
+        {
+            return Ok(false);
+        }
+        if self.upstream_holds.borrow().holds(repository, &digest) {
+            return Ok(true);
+        }
+        let key = Key::blob(repository, &digest)
+            .map_err(|e| OciError::new(ErrorCode::NameInvalid, e.to_string()))?;
+        let stat_key = format!("{repository}\n{digest}");
+        let backends = &storage.backends;
+        match self
+            .stat_flights
+            .run(&stat_key, || async { backends.stat(&key).await })
+            .await
+        {
+            Ok(Some(_)) => {
+                self.upstream_holds.borrow_mut().record(repository, digest);
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(error) if error.is_not_found() => Ok(false),
+            Err(error) => Err(backend_unavailable(&digest, &error.to_string())),
+        }
+    }
+
+    /// Fetches `digest` into this store, if this origin is one of its owners (now, or when
+    /// every member is up): from the other origins (`first` first, then the digest's read
+    /// order), else from the storage backend of `repository`. Concurrent fills and PUTs of
+    /// one digest run one at a time. Returns whether the blob is stored now; an error when
+    /// it is not and the backend fetch failed (other than by not having it).
+    async fn fill(
+        &self,
+        digest: Digest,
+        first: Option<SocketAddr>,
+        repository: Option<&str>,
+    ) -> Result<bool, String> {
         if let Some(membership) = &self.config.membership {
             let (me, cluster) = (membership.advertise, &membership.cluster);
             if !cluster.is_home_owner(me, &digest) && !cluster.owners(&digest).contains(&me) {
-                return false;
+                return Ok(false);
             }
         } else if self.config.storage.is_none() {
-            return false;
+            return Ok(false);
         }
         let _turn = self.turn_of(digest).await;
         if self.engine.store().has_blob(&digest) {
-            return true;
+            return Ok(true);
         }
         if self.fill_from_members(digest, first).await {
-            return true;
+            return Ok(true);
         }
-        match self.fetch_from_backend(digest).await {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::warn!(%digest, %error, "fetching a blob from the storage backend failed");
-                false
-            }
-        }
+        self.fetch_from_backend(digest, repository)
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(%digest, ?repository, %error, "fetching a blob from the storage backend failed");
+            })
+    }
+
+    /// [`OriginState::fill`] for a request, in a task of its own: a requester that goes away
+    /// (a tracker that stops waiting for a big blob) does not cancel a fill that the next
+    /// request will want finished. Fills in flight are bounded by the backend fetches'
+    /// ([`FLIGHTS_MAX`]) and one per digest.
+    async fn fill_detached(
+        self: &Rc<Self>,
+        digest: Digest,
+        repository: Option<&str>,
+    ) -> Result<bool, String> {
+        let (inner, repository) = (Rc::clone(self), repository.map(str::to_owned));
+        let (done, filled) = flume::bounded(1);
+        compio::runtime::spawn(async move {
+            let result = inner.fill(digest, None, repository.as_deref()).await;
+            // The requester may be gone; the blob is stored all the same.
+            let _ = done.send(result);
+        })
+        .detach();
+        filled
+            .recv_async()
+            .await
+            .unwrap_or_else(|_| Err("the fill ended without an answer".to_owned()))
     }
 
     /// The replica half of [`OriginState::fill`] (the caller holds the digest's turn).
@@ -720,7 +957,11 @@ async fn repair_pass(inner: &OriginState, membership: &Membership) -> usize {
                 if inner.engine.store().has_blob(&digest) || !cluster.is_home_owner(me, &digest) {
                     continue;
                 }
-                if inner.fill(digest, Some(member)).await {
+                if inner
+                    .fill(digest, Some(member), None)
+                    .await
+                    .unwrap_or(false)
+                {
                     filled += 1;
                 }
             }
@@ -771,6 +1012,32 @@ impl Drop for Turn<'_> {
         self.origin.putting.borrow_mut().remove(&self.digest);
         self.origin.put_done.notify(usize::MAX);
     }
+}
+
+/// The repository a request is made for (`?repo=`), checked against the name grammar.
+fn repository_param(query: &str) -> Result<Option<String>, OciError> {
+    let named = query
+        .split('&')
+        .any(|pair| pair.split('=').next() == Some(REPO_PARAM));
+    if !named {
+        return Ok(None);
+    }
+    let invalid = |message: String| OciError::new(ErrorCode::NameInvalid, message);
+    let repository = query::param(query, REPO_PARAM)
+        .ok_or_else(|| invalid(format!("{REPO_PARAM}= is not percent-encoded UTF-8")))?;
+    validate_repository(&repository).map_err(|e| invalid(format!("{REPO_PARAM}=: {e}")))?;
+    Ok(Some(repository))
+}
+
+/// A miss the storage backend could not fill. The reason comes first (the message may be
+/// cut on its way to a client: the tracker protocol's error messages are short); the digest
+/// is the request's, and in the detail.
+fn backend_unavailable(digest: &Digest, error: &str) -> OciError {
+    OciError::new(
+        ErrorCode::Unavailable,
+        format!("the storage backend failed: {error}"),
+    )
+    .with_detail(serde_json::json!({ "digest": digest.to_string() }))
 }
 
 fn blob_unknown(digest: &Digest) -> OciError {
@@ -893,4 +1160,77 @@ fn reset_dir(dir: &Path) -> io::Result<()> {
         Err(error) => return Err(context("remove", error)),
     }
     std::fs::create_dir_all(dir).map_err(|e| context("create", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::backends::BackendsFile;
+
+    /// Backends for `pt/**` (an upstream registry), `web/**` (plain HTTP, read-only) and
+    /// `team/**` (a local directory under `root`), with `default` as the namespace.
+    fn storage(root: &Path, default: &str) -> Storage {
+        let text = format!(
+            "[[backend]]\nnamespace = \"pt/**\"\nkind = \"registry\"\nurl = \"http://127.0.0.1:9\"\n\
+             [[backend]]\nnamespace = \"web/**\"\nkind = \"http\"\nurl = \"http://127.0.0.1:9/x\"\n\
+             [[backend]]\nnamespace = \"team/**\"\nkind = \"local\"\nroot = \"{}\"\n",
+            root.display()
+        );
+        let file: BackendsFile = crate::config::parse(Path::new("backends.toml"), &text).unwrap();
+        Storage {
+            backends: Arc::new(Backends::build(&file).unwrap()),
+            namespace: default.to_owned(),
+            writeback: WriteBackConfig::default(),
+        }
+    }
+
+    #[test]
+    fn repositories_route_reads_and_write_backs() {
+        let root = std::env::temp_dir().join(format!("shoal-origin-routes-{}", std::process::id()));
+        let check = |storage: &Storage, repo: Option<&str>, read: &str, write: Option<&str>| {
+            assert_eq!(storage.read_namespace(repo), read, "read {repo:?}");
+            assert_eq!(storage.write_namespace(repo), write, "write {repo:?}");
+        };
+        let writable_default = storage(&root, "team/default");
+        let s = &writable_default;
+        check(s, None, "team/default", Some("team/default"));
+        check(s, Some("team/app"), "team/app", Some("team/app"));
+        // Read-only backends are read under the repository, written back to the default.
+        check(s, Some("pt/a/b"), "pt/a/b", Some("team/default"));
+        check(s, Some("web/x"), "web/x", Some("team/default"));
+        // No backend for the repository: the default namespace's.
+        check(s, Some("other/app"), "team/default", Some("team/default"));
+        assert!(s.pulls_through("pt/a/b"));
+        assert!(!s.pulls_through("web/x"));
+        assert!(!s.pulls_through("team/app"));
+        assert!(!s.pulls_through("other/app"));
+
+        // A default namespace with only a read-only backend: nothing to write back to.
+        let read_only_default = storage(&root, "pt/default");
+        let s = &read_only_default;
+        check(s, None, "pt/default", None);
+        check(s, Some("pt/x"), "pt/x", None);
+        check(s, Some("team/app"), "team/app", Some("team/app"));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn upstream_holds_are_per_repository_and_bounded() {
+        let mut holds = UpstreamHolds::default();
+        let digest = Digest::sha256_of(b"manifest");
+        holds.record("pt/a", digest);
+        assert!(holds.holds("pt/a", &digest));
+        assert!(!holds.holds("pt/b", &digest));
+        assert!(!holds.holds("pt/a", &Digest::sha256_of(b"other")));
+        for n in 1..UPSTREAM_HOLDS_MAX as u64 {
+            holds.record("pt/many", Digest::sha256_of(&n.to_le_bytes()));
+        }
+        assert_eq!(holds.seen.len(), UPSTREAM_HOLDS_MAX);
+        // Full of fresh entries: cleared to make room, and the newest kept.
+        let last = Digest::sha256_of(b"last");
+        holds.record("pt/a", last);
+        assert!(holds.holds("pt/a", &last));
+        assert!(!holds.holds("pt/a", &digest));
+        assert_eq!(holds.seen.len(), 1);
+    }
 }

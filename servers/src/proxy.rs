@@ -208,7 +208,9 @@ impl Proxy {
             Route::Base if read => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
             Route::Catalog if method == Method::GET => self.catalog(query).await,
             Route::TagsList { name } if method == Method::GET => self.tags_list(name, query).await,
-            Route::Blob { digest, .. } if read => self.blob(&digest, &parts.headers, head).await,
+            Route::Blob { name, digest } if read => {
+                self.blob(name, &digest, &parts.headers, head).await
+            }
             Route::Blob { digest, .. } if method == Method::DELETE => {
                 let mut failure = Failure::from(manifests::blob_delete_unsupported(&digest));
                 failure
@@ -260,7 +262,9 @@ impl Proxy {
 
     // ---- blobs ----
 
-    async fn blob(&self, digest: &Digest, headers: &HeaderMap, head: bool) -> Reply {
+    /// `HEAD` asks the origins' stores only (a client checks a blob before pushing it); a
+    /// `GET` is read for `name`, so an origin fills a miss from `name`'s storage backend.
+    async fn blob(&self, name: &str, digest: &Digest, headers: &HeaderMap, head: bool) -> Reply {
         if head {
             let Some(len) = self.registry.blob_len(digest).await? else {
                 return Err(blob_unknown(digest));
@@ -275,7 +279,11 @@ impl Proxy {
             headers.insert(CONTENT_DIGEST_HEADER, header_value(digest.to_string())?);
             return Ok(response);
         }
-        let Some(upstream) = self.registry.get_blob(digest, headers.get(RANGE)).await? else {
+        let Some(upstream) = self
+            .registry
+            .get_blob(digest, Some(name), headers.get(RANGE))
+            .await?
+        else {
             return Err(blob_unknown(digest));
         };
         let (upstream_parts, upstream_body) = upstream.into_parts();
@@ -418,7 +426,7 @@ impl Proxy {
         let digest = completed.digest;
         let sent = self
             .registry
-            .put_blob_file(&digest, &completed.path, completed.len)
+            .put_blob_file(&digest, Some(name), &completed.path, completed.len)
             .await;
         let uploads = Arc::clone(&self.uploads);
         match blocking(move || uploads.release(completed)).await {
@@ -507,7 +515,9 @@ impl Proxy {
                 format!("manifest {digest}: {reason}"),
             )
         })?;
-        self.registry.put_blob_bytes(&digest, bytes).await?;
+        self.registry
+            .put_blob_bytes(&digest, Some(name), bytes)
+            .await?;
         // The repository holds it (and its subject lists it) before a tag may name it.
         self.registry.put_manifest_record(name, &record).await?;
         if let Reference::Tag(tag) = reference {

@@ -5,7 +5,10 @@
 //! every owner of their digest (success when at least one took it) and read from the first
 //! origin in the digest's read order that has them. One build-index. The APIs it speaks:
 //! - origin: `PUT /internal/blobs/<digest>` (body with `Content-Length`; 201, idempotent),
-//!   `HEAD` (200 + `Content-Length`, or 404), `GET` (bytes, `Range` supported);
+//!   `HEAD` (200 + `Content-Length`, or 404), `GET` (bytes, `Range` supported); PUT and GET
+//!   carry `?repo=<name>`, the repository the blob is pushed or read for, when the caller
+//!   knows it (the origin routes its storage backend by it), and a read of a manifest the
+//!   build-index does not list adds `&confirm=upstream` ([`Registry::fetch_upstream_manifest`]);
 //! - build-index: `GET|PUT|DELETE /internal/tags/<repo>/<tag>` (records
 //!   `{"digest","media_type","version"}`), `GET /internal/tags/<repo>?n=&last=` and
 //!   `GET /internal/repositories?n=&last=` (paginated with `Link: <…>; rel="next"`),
@@ -29,6 +32,7 @@ use crate::cluster::OriginCluster;
 use crate::http::client::{ClientBody, ClientError, HttpClient};
 use crate::http::query;
 use crate::http::{ErrorCode, OciError};
+use crate::origin::{BLOBS_PATH, CONFIRM_PARAM, CONFIRM_UPSTREAM, REPO_PARAM};
 
 /// Largest JSON body accepted from the build-index (a tag record or one page of a listing:
 /// at most `PAGE_LEN_MAX` names of at most 255 bytes each, with room to spare).
@@ -82,8 +86,8 @@ pub enum RegistryError {
         what: String,
         status: StatusCode,
     },
-    /// A refusal the client should see as is (a 4xx with an OCI error body, e.g. a subject
-    /// with too many referrers).
+    /// A refusal or failure the client should see as is (an OCI error body: a subject with
+    /// too many referrers, an origin whose storage backend could not fill a miss).
     #[error("{upstream} refused {what}: {error}")]
     Refused {
         upstream: &'static str,
@@ -283,9 +287,12 @@ impl Registry {
     /// Stores a verified blob on every owner origin, streaming the first `len` bytes of the
     /// file at `path` to each (one chunk per owner in memory at a time). Succeeds when at
     /// least one owner stored it: an owner that was down catches up from the others.
+    /// `repository`: the repository it was pushed to (the origin writes it back to that
+    /// repository's storage backend).
     pub async fn put_blob_file(
         &self,
         digest: &Digest,
+        repository: Option<&str>,
         path: &Path,
         len: u64,
     ) -> Result<(), RegistryError> {
@@ -297,16 +304,21 @@ impl Registry {
                     what: format!("PUT blob {digest}"),
                     message: e.to_string(),
                 })?;
-            self.put_blob_at(addr, digest, body).await
+            self.put_blob_at(addr, digest, repository, body).await
         })
         .await
     }
 
     /// Stores `bytes` (whose digest the caller checked) on every owner origin (at least one
     /// must take it).
-    pub async fn put_blob_bytes(&self, digest: &Digest, bytes: Bytes) -> Result<(), RegistryError> {
+    pub async fn put_blob_bytes(
+        &self,
+        digest: &Digest,
+        repository: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
         self.put_on_owners(digest, |addr| {
-            self.put_blob_at(addr, digest, ClientBody::bytes(bytes.clone()))
+            self.put_blob_at(addr, digest, repository, ClientBody::bytes(bytes.clone()))
         })
         .await
     }
@@ -340,14 +352,15 @@ impl Registry {
         }
     }
 
-    /// `PUT` of a blob on the origin at `addr`.
+    /// `PUT` of a blob pushed to `repository` on the origin at `addr`.
     pub async fn put_blob_at(
         &self,
         addr: SocketAddr,
         digest: &Digest,
+        repository: Option<&str>,
         body: ClientBody,
     ) -> Result<(), RegistryError> {
-        let path = format!("/internal/blobs/{digest}");
+        let path = blob_path(digest, repository, false);
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -362,56 +375,107 @@ impl Registry {
         }
     }
 
-    /// `GET` of a blob on the origin with the client's `Range`, if any: the origin's 200,
-    /// 206 or 416 response with its body still to read, or `None` if it has no such blob.
+    /// `GET` of a blob on the origin with the client's `Range`, if any, read for
+    /// `repository` (an origin that lacks it fills it from that repository's storage
+    /// backend): the origin's 200, 206 or 416 response with its body still to read, or
+    /// `None` if it has no such blob.
     pub async fn get_blob(
         &self,
         digest: &Digest,
+        repository: Option<&str>,
         range: Option<&HeaderValue>,
     ) -> Result<Option<Response<Incoming>>, RegistryError> {
+        let path = blob_path(digest, repository, false);
         self.find_on_origins(digest, |addr| {
             let mut headers = HeaderMap::new();
             if let Some(range) = range {
                 headers.insert(header::RANGE, range.clone());
             }
-            self.get_blob_at(addr, digest, headers)
+            self.get_blob_at(addr, digest, &path, headers)
         })
         .await
     }
 
-    /// `GET` of a blob on the origin at `addr` with `headers`: 200, 206 or 416 with the body
-    /// still to read, or `None` if it does not hold the blob.
-    pub async fn get_blob_at(
+    /// `GET path` (a blob's path, [`blob_path`]) on the origin at `addr` with `headers`: 200,
+    /// 206 or 416 with the body still to read, or `None` if it does not hold the blob. An
+    /// OCI error body on any other status comes back as [`RegistryError::Refused`].
+    async fn get_blob_at(
         &self,
         addr: SocketAddr,
         digest: &Digest,
+        path: &str,
         headers: HeaderMap,
     ) -> Result<Option<Response<Incoming>>, RegistryError> {
-        let path = format!("/internal/blobs/{digest}");
         let response = self
             .call_at(
                 addr,
                 ORIGIN,
                 Method::GET,
-                &path,
+                path,
                 headers,
                 ClientBody::empty(),
             )
             .await?;
+        let what = format!("GET blob {digest}");
         match response.status() {
             StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::RANGE_NOT_SATISFIABLE => {
                 Ok(Some(response))
             }
             StatusCode::NOT_FOUND => Ok(None),
-            status => Err(status_error(ORIGIN, format!("GET blob {digest}"), status)),
+            status => {
+                let body = self
+                    .read(ORIGIN, &what, response.into_body(), ORIGIN_ERROR_BYTES_MAX)
+                    .await
+                    .unwrap_or_default();
+                match parse_oci_error(&body) {
+                    Some(error) => Err(RegistryError::Refused {
+                        upstream: ORIGIN,
+                        what,
+                        error,
+                    }),
+                    None => Err(status_error(ORIGIN, what, status)),
+                }
+            }
         }
     }
 
-    /// A manifest's bytes from the origin (manifests are stored there as blobs), checked
-    /// against `digest` and bounded by [`MANIFEST_LEN_MAX`]; `None` if the origin lacks it.
-    pub async fn fetch_manifest(&self, digest: &Digest) -> Result<Option<Bytes>, RegistryError> {
+    /// A manifest's bytes from the origin (manifests are stored there as blobs), read for
+    /// `repository`, checked against `digest` and bounded by [`MANIFEST_LEN_MAX`]; `None` if
+    /// the origin lacks it.
+    pub async fn fetch_manifest(
+        &self,
+        digest: &Digest,
+        repository: Option<&str>,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let path = blob_path(digest, repository, false);
+        self.fetch_manifest_at_path(digest, &path).await
+    }
+
+    /// A manifest `repository` holds upstream though the build-index does not list it (a
+    /// pull-through repository read by digest): the origin serves it only if the
+    /// repository's storage backend holds it in that repository (`confirm=upstream`).
+    /// Checked and bounded like [`Registry::fetch_manifest`]; `None` otherwise.
+    pub async fn fetch_upstream_manifest(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<Option<Bytes>, RegistryError> {
+        let path = blob_path(digest, Some(repository), true);
+        self.fetch_manifest_at_path(digest, &path).await
+    }
+
+    async fn fetch_manifest_at_path(
+        &self,
+        digest: &Digest,
+        path: &str,
+    ) -> Result<Option<Bytes>, RegistryError> {
         let what = format!("GET manifest {digest}");
-        let Some(response) = self.get_blob(digest, None).await? else {
+        let found = self
+            .find_on_origins(digest, |addr| {
+                self.get_blob_at(addr, digest, path, HeaderMap::new())
+            })
+            .await?;
+        let Some(response) = found else {
             return Ok(None);
         };
         if response.status() != StatusCode::OK {
@@ -739,6 +803,22 @@ pub fn parse_oci_error(body: &[u8]) -> Option<OciError> {
     let detail = first.get("detail").cloned().unwrap_or_default();
     Some(OciError::new(code, message).with_detail(detail))
 }
+
+/// The origin's path of a blob, for `repository` when given, with `confirm=upstream` when
+/// `confirm`.
+fn blob_path(digest: &Digest, repository: Option<&str>, confirm: bool) -> String {
+    let mut path = format!("{BLOBS_PATH}{digest}");
+    if let Some(repository) = repository {
+        path.push_str(&format!("?{REPO_PARAM}={}", query::encode(repository)));
+        if confirm {
+            path.push_str(&format!("&{CONFIRM_PARAM}={CONFIRM_UPSTREAM}"));
+        }
+    }
+    path
+}
+
+/// Largest error body read from an origin (for its OCI error).
+const ORIGIN_ERROR_BYTES_MAX: usize = 64 << 10;
 
 /// `?n=…&last=…` (either may be absent), values percent-encoded.
 pub fn page_query(n: Option<usize>, last: Option<&str>) -> String {

@@ -29,7 +29,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use sha2::Digest as _;
 use shoal_perf::oci_layout::Layout;
-use shoal_perf::procs::{Proc, Scratch};
+use shoal_perf::procs::{Proc, Scratch, docker_registry, requests_in_log};
 use shoal_proto::types::Digest;
 use shoal_servers::backend::dedup::{Flights, fetch_to_file};
 use shoal_servers::backend::{
@@ -59,33 +59,10 @@ fn wait_listening(addr: SocketAddr, proc: &Proc) {
 }
 
 /// `docker-registry serve` on `port` over `storage`, with `auth` (YAML) appended; killed on
-/// drop.
+/// drop. Its access log is `scratch/<name>.log`.
 fn registry(scratch: &Scratch, name: &str, port: u16, storage: &Path, auth: &str) -> Proc {
-    let config = format!(
-        "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-         http:\n  addr: 127.0.0.1:{port}\n{auth}",
-        storage.display()
-    );
-    let config_path = scratch.path(&format!("{name}.yml"));
-    std::fs::write(&config_path, config).unwrap();
-    // The access log goes to stdout: into the log file too (`exec` keeps the pid, so the
-    // guard kills the registry itself).
-    let log = scratch.path(&format!("{name}.log"));
-    let proc = Proc::start(
-        name,
-        Path::new("sh"),
-        &[
-            "-c",
-            "exec docker-registry serve \"$0\" >>\"$1\"",
-            config_path.to_str().unwrap(),
-            log.to_str().unwrap(),
-        ],
-        &[],
-        scratch.path(&format!("{name}.stderr")),
-    )
-    .expect("docker-registry (apt install docker-registry; .ci/run installs it)");
-    wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), &proc);
-    proc
+    docker_registry(scratch, name, port, storage, auth)
+        .expect("docker-registry (apt install docker-registry; .ci/run installs it)")
 }
 
 /// An image pushed with skopeo as `upstream/app:v1`; its layout's blob directory and the
@@ -155,12 +132,6 @@ async fn read_all(mut stream: ByteStream) -> Result<Vec<u8>, shoal_servers::back
         out.extend_from_slice(&chunk?);
     }
     Ok(out)
-}
-
-fn requests_in_log(log: &Path, method: &str, path: &str) -> usize {
-    let text = std::fs::read_to_string(log).unwrap();
-    let needle = format!("\"{method} {path} ");
-    text.lines().filter(|line| line.contains(&needle)).count()
 }
 
 #[test]

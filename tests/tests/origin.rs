@@ -10,7 +10,9 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
-use common::{Served, bytes, curl, engine, engine_config, run, scratch, tracker, wait_until};
+use common::{
+    Served, bytes, curl, engine, engine_config, run, scratch, tracker, tracker_at, wait_until,
+};
 use shoal_engine::Engine;
 use shoal_proto::Digest;
 use shoal_servers::agent::Agent;
@@ -293,4 +295,50 @@ fn a_blob_put_to_the_origin_is_pulled_through_an_agent_also_after_a_restart() {
     fixture.server = Some(server);
     assert_eq!(curl(&["-I", &fixture.blob_url(&digest)]).status, 200);
     pull("agent-2");
+}
+
+#[test]
+fn a_put_succeeds_while_no_tracker_takes_the_metainfo_and_the_blob_is_seeded() {
+    // The tracker's address answers nothing yet.
+    let tracker = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = scratch("origin", "no-tracker");
+    let (origin, server) = start_origin(&dir, tracker, OriginConfig::default());
+    let mut fixture = Fixture {
+        dir,
+        tracker,
+        origin: Some(origin),
+        server: Some(server),
+    };
+    let blob = bytes((2 << 20) + 99, 6);
+    let digest = Digest::sha256_of(&blob);
+    // Stored and seeded although no tracker took its metainfo (the log says so).
+    assert_eq!(fixture.put(&digest, &blob).status, 201);
+    assert!(fixture.incoming_is_empty());
+    assert_eq!(curl(&["-I", &fixture.blob_url(&digest)]).status, 200);
+    let reply = curl(&[&fixture.blob_url(&digest)]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == blob);
+
+    // The tracker comes up knowing the origin: it fetches the metainfo from it, the origin's
+    // announcer gets through, and an agent pulls the blob from the swarm.
+    tracker_at(
+        tracker,
+        shoal_servers::tracker::TrackerServerConfig {
+            origins: vec![fixture.server().addr],
+            ..Default::default()
+        },
+    );
+    let agent = engine(&fixture.dir, "agent", tracker);
+    let served = agent.clone();
+    let agent_server = Served::start(move || async move { Agent::new(served) });
+    let reply = curl(&[&agent_server.url(&format!("/v2/library/app/blobs/{digest}"))]);
+    assert_eq!(reply.status, 200);
+    assert!(reply.body == blob, "the blob differs");
+    run(agent.wait_complete(&digest)).unwrap();
+    drop(agent_server);
+    agent.shutdown();
+    fixture.stop_origin();
 }

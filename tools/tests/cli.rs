@@ -139,7 +139,13 @@ fn tracker_prints_its_address_and_answers() {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let mut frame = Vec::new();
     let digest = shoal_proto::Digest::sha256_of(b"nothing stored");
-    tracker_wire::encode_request(&Request::GetMetainfo { digest }, &mut frame);
+    tracker_wire::encode_request(
+        &Request::GetMetainfo {
+            digest,
+            repository: None,
+        },
+        &mut frame,
+    );
     stream.write_all(&frame).unwrap();
     let mut reply = Vec::new();
     let mut byte = [0u8; 1];

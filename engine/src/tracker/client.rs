@@ -24,7 +24,7 @@ use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoError};
 use shoal_proto::ring::{HashRing, RING_MEMBERS_MAX, RingError};
 use shoal_proto::tracker::{AnnounceResponse, PeerInfo};
-use shoal_proto::tracker_wire::{self, Announce, ErrorCode, Kind, Request, Response};
+use shoal_proto::tracker_wire::{self, Announce, ErrorCode, Kind, Repository, Request, Response};
 
 use super::frame::{FrameError, FrameReader, write_frame};
 
@@ -204,7 +204,21 @@ impl TrackerClient {
         &self,
         digest: &Digest,
     ) -> Result<Option<Metainfo>, TrackerClientError> {
-        let request = Request::GetMetainfo { digest: *digest };
+        self.get_metainfo_for(digest, None).await
+    }
+
+    /// [`TrackerClient::get_metainfo`] on behalf of `repository` (the repository a client
+    /// pulls the blob for): a tracker that misses asks the origins for it in that
+    /// repository, so that the repository's storage backend can fill the miss.
+    pub async fn get_metainfo_for(
+        &self,
+        digest: &Digest,
+        repository: Option<&Repository>,
+    ) -> Result<Option<Metainfo>, TrackerClientError> {
+        let request = Request::GetMetainfo {
+            digest: *digest,
+            repository: repository.cloned(),
+        };
         let mut attempts = Vec::new();
         let mut not_found = false;
         for tracker in self.trackers_for(digest) {

@@ -121,6 +121,16 @@ fn golden_requests() {
         &raw(0x02, &body),
         Request::GetMetainfo {
             digest: Digest::Sha256(SHA256),
+            repository: None,
+        },
+    );
+    body.push(7);
+    body.extend_from_slice(b"hub/app");
+    check_request_accepted(
+        &raw(0x02, &body),
+        Request::GetMetainfo {
+            digest: Digest::Sha256(SHA256),
+            repository: Some(Repository::new("hub/app").unwrap()),
         },
     );
     let mut body = vec![2];
@@ -129,6 +139,17 @@ fn golden_requests() {
         &raw(0x02, &body),
         Request::GetMetainfo {
             digest: Digest::Sha512([0x22; 64]),
+            repository: None,
+        },
+    );
+    let longest = "a".repeat(REPOSITORY_LEN_MAX);
+    body.push(255);
+    body.extend_from_slice(longest.as_bytes());
+    check_request_accepted(
+        &raw(0x02, &body),
+        Request::GetMetainfo {
+            digest: Digest::Sha512([0x22; 64]),
+            repository: Some(Repository::new(&longest).unwrap()),
         },
     );
     check_request_accepted(
@@ -300,6 +321,80 @@ fn digest_bodies_rejected_from_algorithm_byte() {
             kind: Kind::GetMetainfo,
         },
     );
+}
+
+#[test]
+fn repositories_rejected() {
+    let mut digest = vec![1];
+    digest.extend_from_slice(&SHA256);
+    // A length byte and no name: refused from the frame length.
+    let mut body = digest.clone();
+    body.push(3);
+    check_request_rejected(
+        &raw(0x02, &body),
+        7,
+        TrackerWireError::BodyLength {
+            kind: Kind::GetMetainfo,
+            expected: 33,
+            actual: 34,
+        },
+    );
+    // An empty name: refused once the length byte shows it.
+    let mut body = digest.clone();
+    body.extend_from_slice(&[0, b'a']);
+    check_request_rejected(&raw(0x02, &body), 6 + 34, TrackerWireError::RepositoryEmpty);
+    // A name longer or shorter than its length byte says.
+    let mut body = digest.clone();
+    body.extend_from_slice(&[2, b'a', b'b', b'c']);
+    check_request_rejected(
+        &raw(0x02, &body),
+        6 + 34,
+        TrackerWireError::BodyLength {
+            kind: Kind::GetMetainfo,
+            expected: 36,
+            actual: 37,
+        },
+    );
+    // Bytes outside the names' alphabet: refused when the frame is whole.
+    for (name, byte, position) in [
+        (&b"Hub/app"[..], b'H', 0),
+        (b"a b", b' ', 1),
+        (b"app\\x", b'\\', 3),
+        (b"\xc3\xa9", 0xc3, 0),
+    ] {
+        let mut body = digest.clone();
+        body.push(u8::try_from(name.len()).unwrap());
+        body.extend_from_slice(name);
+        let frame = raw(0x02, &body);
+        let n = frame.len();
+        check_request_rejected(
+            &frame,
+            n,
+            TrackerWireError::RepositoryByte { byte, position },
+        );
+        assert_eq!(check_request(&frame), Ok(Some(n)), "the shape is right");
+    }
+    // The body bound: a SHA-512 digest and the longest name.
+    let mut big = u32::try_from(FRAME_LEN_MIN + 65 + 1 + 256)
+        .unwrap()
+        .to_be_bytes()
+        .to_vec();
+    big.extend_from_slice(&[1, 0x02]);
+    check_request_rejected(
+        &big,
+        6,
+        TrackerWireError::BodyTooLong {
+            kind: Kind::GetMetainfo,
+            len: 65 + 1 + 256,
+            max: 65 + 1 + 255,
+        },
+    );
+    assert_eq!(Repository::new(""), Err(TrackerWireError::RepositoryEmpty));
+    assert_eq!(
+        Repository::new(&"a".repeat(256)),
+        Err(TrackerWireError::RepositoryTooLong { len: 256 })
+    );
+    assert_eq!(Repository::new("a/b-c_d.e").unwrap().as_str(), "a/b-c_d.e");
 }
 
 #[test]
@@ -496,7 +591,12 @@ fn arb_request() -> impl Strategy<Value = Request> {
         );
     prop_oneof![
         announce,
-        arb_digest().prop_map(|digest| Request::GetMetainfo { digest }),
+        (arb_digest(), proptest::option::of("[a-z0-9._/-]{1,255}")).prop_map(
+            |(digest, repository)| Request::GetMetainfo {
+                digest,
+                repository: repository.map(|name| Repository::new(&name).unwrap()),
+            }
+        ),
         proptest::collection::vec(any::<u8>(), 0..300)
             .prop_map(|metainfo| Request::PutMetainfo { metainfo }),
     ]
@@ -616,6 +716,15 @@ proptest! {
                 None if result != Ok(None) => settled = Some(result),
                 None => {}
                 Some(first) => prop_assert_eq!(first, &result, "prefix of {}", end),
+            }
+        }
+        let mut settled = None;
+        for end in 0..=bytes.len() {
+            let result = parse_request(&bytes[..end]);
+            match &settled {
+                None if result != Ok(None) => settled = Some(result),
+                None => {}
+                Some(first) => prop_assert_eq!(first, &result, "request prefix of {}", end),
             }
         }
     }

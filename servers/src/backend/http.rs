@@ -112,10 +112,12 @@ fn shaped(s: Shaping) -> impl Stream<Item = Result<Bytes, BackendError>> + Send 
                 if let Some((hasher, digest)) = s.verify.take()
                     && !hasher.matches(&digest)
                 {
-                    let error = BackendError::unavailable(format!(
-                        "{}: the upstream's bytes do not match {digest}",
-                        s.what
-                    ));
+                    // The reason first: messages travel on in bounded fields (the tracker
+                    // protocol's 256 bytes) and may be cut.
+                    let error = BackendError::new(
+                        ErrorKind::Corrupt,
+                        format!("the upstream's bytes do not match {digest}: {}", s.what),
+                    );
                     return Some((Err(error), None));
                 }
                 return None;

@@ -71,6 +71,9 @@ pub enum ErrorKind {
     Unsupported,
     /// The backend could not be reached or failed: retry later.
     Unavailable,
+    /// The backend answered with bytes that are not the object's (a blob that does not hash
+    /// to its digest): another read may do better, but the backend is not to be trusted.
+    Corrupt,
     /// A configuration that cannot be used (at start-up).
     Config,
 }
@@ -106,7 +109,7 @@ impl BackendError {
 
     /// Worth trying again later (a write-back retries these, and gives up on the others).
     pub fn is_retryable(&self) -> bool {
-        self.kind == ErrorKind::Unavailable
+        matches!(self.kind, ErrorKind::Unavailable | ErrorKind::Corrupt)
     }
 }
 
@@ -368,8 +371,17 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn check(&self) -> BackendFuture<'_, ()>;
 
     /// Whether puts and deletes are refused (an upstream registry, an HTTP mirror): what is
-    /// read from it is someone else's and may change under us.
+    /// read from it is someone else's and may change under us. An origin writes pushed blobs
+    /// back only to a backend that is not.
     fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Whether a blob key's answer depends on its namespace: the backend holds blobs *in
+    /// repositories* (an upstream registry), so finding one there also says that the
+    /// repository holds it. Content-addressed stores (a directory, a bucket) hold a blob once
+    /// for every repository and say nothing about which repository has it.
+    fn per_repository(&self) -> bool {
         false
     }
 }

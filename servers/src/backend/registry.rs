@@ -428,6 +428,10 @@ impl Backend for RegistryBackend {
         &self.inner.describe
     }
 
+    fn per_repository(&self) -> bool {
+        true
+    }
+
     fn stat<'a>(&'a self, key: &'a Key) -> BackendFuture<'a, Option<u64>> {
         Box::pin(async move {
             let object = object_of(key, &self.inner.describe)?;

@@ -641,9 +641,10 @@ fn backed_error(error: BackedError) -> Failure {
         BackedError::Index(error) => index_error(error),
         BackedError::Backend(error) => {
             let code = match error.kind {
-                ErrorKind::Invalid | ErrorKind::Unsupported | ErrorKind::Config => {
-                    ErrorCode::Unknown
-                }
+                ErrorKind::Invalid
+                | ErrorKind::Unsupported
+                | ErrorKind::Config
+                | ErrorKind::Corrupt => ErrorCode::Unknown,
                 ErrorKind::NotFound | ErrorKind::Unavailable => ErrorCode::Unavailable,
             };
             OciError::new(code, format!("storage backend: {error}")).into()

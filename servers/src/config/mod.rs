@@ -365,8 +365,8 @@ pub struct OriginSection {
     pub repair_interval: Option<Span>,
     /// How often every member's health is checked.
     pub health_interval: Option<Span>,
-    /// The repository name blob keys are routed by among the `[[backend]]` patterns (and
-    /// asked for upstream).
+    /// The repository name blob keys are routed by among the `[[backend]]` patterns when a
+    /// request names none, or one no backend serves (and asked for upstream then).
     pub namespace: Option<String>,
 }
 

@@ -34,6 +34,8 @@ fn client() -> HttpClient {
 struct FakeOrigin {
     blobs: RefCell<HashMap<String, Bytes>>,
     puts: Cell<usize>,
+    /// The `repo` of every request that named one (method, digest, repository).
+    repos: RefCell<Vec<(Method, String, String)>>,
 }
 
 impl Handler for FakeOrigin {
@@ -42,6 +44,16 @@ impl Handler for FakeOrigin {
         let Some(digest) = path.strip_prefix("/internal/blobs/") else {
             return status(StatusCode::NOT_FOUND, "");
         };
+        let query = request.uri().query().unwrap_or("");
+        if let Some(repo) = query::param(query, "repo") {
+            self.repos
+                .borrow_mut()
+                .push((request.method().clone(), digest.to_owned(), repo));
+        }
+        // No storage backend here: no repository pulls through.
+        if query::param(query, "confirm").is_some() {
+            return status(StatusCode::NOT_FOUND, "BLOB_UNKNOWN");
+        }
         match *request.method() {
             Method::PUT => {
                 assert!(request.headers().contains_key(CONTENT_LENGTH));
@@ -396,6 +408,16 @@ fn version_check_and_monolithic_upload() {
         );
         assert_eq!(answer.header("docker-content-digest"), digest.to_string());
         assert!(f.origin_has(&digest));
+        // The origin is told which repository the blob was pushed to (its write-back key).
+        assert!(
+            f.origin.repos.borrow().contains(&(
+                Method::PUT,
+                digest.to_string(),
+                "lib/app".to_owned()
+            )),
+            "{:?}",
+            f.origin.repos.borrow()
+        );
 
         let head = f
             .call(
@@ -410,6 +432,12 @@ fn version_check_and_monolithic_upload() {
         let get = f.get(&format!("/v2/x/blobs/{digest}")).await;
         assert_eq!(get.status, StatusCode::OK);
         assert_eq!(&get.body[..], &data[..]);
+        // Read for the repository asked (an origin fills a miss from its backend).
+        assert!(f.origin.repos.borrow().contains(&(
+            Method::GET,
+            digest.to_string(),
+            "x".to_owned()
+        )));
 
         // A wrong digest: 400, nothing sent to the origin.
         let puts = f.origin.puts.get();

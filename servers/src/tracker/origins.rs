@@ -1,7 +1,8 @@
 //! Metainfo from the origins: on a miss the owner shard asks the origins' internal API
-//! (`GET /internal/metainfo/<digest>`), in the order of the hash ring over their addresses
-//! (the blob's owners first), and believes only a metainfo that decodes and describes the
-//! digest asked for.
+//! (`GET /internal/metainfo/<digest>`, with `?repo=<name>` when the request named the
+//! repository that asks: an origin that lacks the blob fills it from that repository's
+//! storage backend), in the order of the hash ring over their addresses (the blob's owners
+//! first), and believes only a metainfo that decodes and describes the digest asked for.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -11,9 +12,11 @@ use http::{HeaderMap, Method, StatusCode};
 use shoal_proto::Digest;
 use shoal_proto::metainfo::{Metainfo, MetainfoError};
 use shoal_proto::ring::{HashRing, RingError};
-use shoal_proto::tracker_wire::METAINFO_LEN_MAX;
+use shoal_proto::tracker_wire::{METAINFO_LEN_MAX, Repository};
 
 use crate::http::client::{ClientBody, ClientConfig, ClientError, HttpClient};
+use crate::http::query;
+use crate::registry::parse_oci_error;
 
 /// The origin API's metainfo path prefix (`servers::origin` serves it).
 pub use crate::origin::METAINFO_PATH;
@@ -21,16 +24,28 @@ pub use crate::origin::METAINFO_PATH;
 /// Bound on connecting to one origin.
 pub const ORIGIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Bound on one origin's response head, and on reading its body.
-pub const ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one origin's response head, and on reading its body. An origin that fills a
+/// miss from its storage backend answers once the whole blob is in (a 1 GB blob at
+/// 100 MB/s takes ten of these).
+pub const ORIGIN_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Largest error body read from an origin (for its message).
+const ERROR_BODY_BYTES_MAX: usize = 16 << 10;
+
+/// Characters of an origin's error message kept in the tracker's short answer.
+const BRIEF_MESSAGE_CHARS_MAX: usize = 120;
 
 /// Why one origin gave no usable metainfo.
 #[derive(Debug, thiserror::Error)]
 pub enum OriginAttemptError {
     #[error("{0}")]
     Client(#[from] ClientError),
-    #[error("answered {0}")]
-    Status(StatusCode),
+    #[error("answered {status}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
+    Status {
+        status: StatusCode,
+        /// The message of the origin's OCI error body, if it sent one.
+        message: Option<String>,
+    },
     #[error("undecodable metainfo: {0}")]
     BadMetainfo(MetainfoError),
     #[error("answered with the metainfo of another blob, {0}")]
@@ -51,7 +66,17 @@ impl OriginAttemptError {
                 "metainfo too large".to_owned()
             }
             OriginAttemptError::Client(_) => "HTTP exchange failed".to_owned(),
-            OriginAttemptError::Status(status) => format!("answered {status}"),
+            OriginAttemptError::Status {
+                status,
+                message: None,
+            } => format!("answered {status}"),
+            OriginAttemptError::Status {
+                status,
+                message: Some(message),
+            } => {
+                let message: String = message.chars().take(BRIEF_MESSAGE_CHARS_MAX).collect();
+                format!("answered {}: {message}", status.as_u16())
+            }
             OriginAttemptError::BadMetainfo(_) => "undecodable metainfo".to_owned(),
             OriginAttemptError::WrongDigest(_) => "metainfo of another blob".to_owned(),
         }
@@ -139,11 +164,20 @@ impl Origins {
     /// The checked encoding of `digest`'s metainfo from the first origin that has it.
     /// `Ok(None)` when no origin had it and at least one said so (404); an error when every
     /// origin failed otherwise (unreachable, timed out, garbage, another blob's metainfo).
-    pub(crate) async fn fetch(&self, digest: &Digest) -> Result<Option<Vec<u8>>, OriginsFailed> {
+    pub(crate) async fn fetch(
+        &self,
+        digest: &Digest,
+        repository: Option<&Repository>,
+    ) -> Result<Option<Vec<u8>>, OriginsFailed> {
         let mut attempts = Vec::new();
         let mut not_found = false;
+        let mut path = format!("{METAINFO_PATH}{digest}");
+        if let Some(repository) = repository {
+            path.push_str("?repo=");
+            path.push_str(&query::encode(repository.as_str()));
+        }
         for origin in self.order(digest) {
-            match self.fetch_one(origin, digest).await {
+            match self.fetch_one(origin, digest, &path).await {
                 Ok(Some(bytes)) => return Ok(Some(bytes)),
                 Ok(None) => not_found = true,
                 Err(error) => {
@@ -165,14 +199,14 @@ impl Origins {
         &self,
         origin: SocketAddr,
         digest: &Digest,
+        path: &str,
     ) -> Result<Option<Vec<u8>>, OriginAttemptError> {
-        let path = format!("{METAINFO_PATH}{digest}");
         let response = self
             .client
             .request(
                 Method::GET,
                 origin,
-                &path,
+                path,
                 HeaderMap::new(),
                 ClientBody::empty(),
             )
@@ -180,7 +214,16 @@ impl Origins {
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => return Ok(None),
-            status => return Err(OriginAttemptError::Status(status)),
+            status => {
+                let message = self
+                    .client
+                    .read_body(response.into_body(), ERROR_BODY_BYTES_MAX)
+                    .await
+                    .ok()
+                    .and_then(|body| parse_oci_error(&body))
+                    .map(|error| error.message);
+                return Err(OriginAttemptError::Status { status, message });
+            }
         }
         let bytes = self
             .client

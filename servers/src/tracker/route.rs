@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use shoal_proto::metainfo::Metainfo;
-use shoal_proto::tracker_wire::{Announce, ErrorCode, Request, Response};
+use shoal_proto::tracker_wire::{Announce, ErrorCode, Repository, Request, Response};
 use shoal_proto::{Digest, InfoHash};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -34,7 +34,8 @@ fn shard_of(key: &[u8], n_shards: usize) -> usize {
 pub(crate) enum Routed {
     /// With the source IP of the connection it came on.
     Announce(Announce, IpAddr),
-    Get(Digest),
+    /// With the repository that asks, checked against the name grammar.
+    Get(Digest, Option<Repository>),
     /// The metainfo decoded (on the accepting shard) to this digest; its encoding.
     Put(Digest, Vec<u8>),
 }
@@ -48,7 +49,17 @@ impl Routed {
                 "announce port 0 is not dialable",
             )),
             Request::Announce(announce) => Ok(Routed::Announce(announce, source_ip)),
-            Request::GetMetainfo { digest } => Ok(Routed::Get(digest)),
+            Request::GetMetainfo { digest, repository } => {
+                if let Some(repository) = &repository
+                    && let Err(error) = crate::build_index::validate_repository(repository.as_str())
+                {
+                    return Err(Response::error(
+                        ErrorCode::BadRequest,
+                        &format!("get-metainfo: {error}"),
+                    ));
+                }
+                Ok(Routed::Get(digest, repository))
+            }
             Request::PutMetainfo { metainfo } => match Metainfo::decode(&metainfo) {
                 Ok(decoded) => Ok(Routed::Put(decoded.digest(), metainfo)),
                 Err(error) => Err(Response::error(
@@ -63,7 +74,7 @@ impl Routed {
     pub(crate) fn owner(&self, n_shards: usize) -> usize {
         match self {
             Routed::Announce(announce, _) => shard_of_info_hash(&announce.info_hash, n_shards),
-            Routed::Get(digest) | Routed::Put(digest, _) => shard_of_digest(digest, n_shards),
+            Routed::Get(digest, _) | Routed::Put(digest, _) => shard_of_digest(digest, n_shards),
         }
     }
 }
@@ -130,7 +141,25 @@ mod tests {
         };
         let routed = Routed::new(Request::Announce(announce.clone()), ip).unwrap();
         assert_eq!(routed.owner(8), shard_of_info_hash(&info_hash(7), 8));
-        let routed = Routed::new(Request::GetMetainfo { digest }, ip).unwrap();
+        let routed = Routed::new(
+            Request::GetMetainfo {
+                digest,
+                repository: None,
+            },
+            ip,
+        )
+        .unwrap();
+        assert_eq!(routed.owner(8), shard_of_digest(&digest, 8));
+        let repository = Some(Repository::new("hub/app").unwrap());
+        let routed = Routed::new(
+            Request::GetMetainfo {
+                digest,
+                repository: repository.clone(),
+            },
+            ip,
+        )
+        .unwrap();
+        assert!(matches!(&routed, Routed::Get(d, r) if *d == digest && *r == repository));
         assert_eq!(routed.owner(8), shard_of_digest(&digest, 8));
 
         let blob = b"some blob bytes";
@@ -169,6 +198,26 @@ mod tests {
                 ..
             })
         ));
+        // In the wire's alphabet, outside the name grammar.
+        for name in ["a//b", "-app", "app/", "a..b", "_a"] {
+            let refused = Routed::new(
+                Request::GetMetainfo {
+                    digest: Digest::sha256_of(b"x"),
+                    repository: Some(Repository::new(name).unwrap()),
+                },
+                ip,
+            );
+            assert!(
+                matches!(
+                    &refused,
+                    Err(Response::Error {
+                        code: ErrorCode::BadRequest,
+                        message,
+                    }) if message.contains("repository name")
+                ),
+                "{name}: {refused:?}"
+            );
+        }
         let garbage = Request::PutMetainfo {
             metainfo: vec![1, 2, 3],
         };

@@ -15,7 +15,7 @@ use compio::net::{TcpListener, TcpStream};
 use event_listener::Event;
 use shoal_engine::tracker::{FrameError, FrameReader, write_frame};
 use shoal_proto::tracker::{PeerInfo, PeerStore, TrackerError};
-use shoal_proto::tracker_wire::{self, Announce, ErrorCode, Request, Response};
+use shoal_proto::tracker_wire::{self, Announce, ErrorCode, Repository, Request, Response};
 use shoal_proto::{Digest, Instant};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -90,6 +90,9 @@ impl Fetch {
     }
 }
 
+/// What a fetch from the origins is for: a digest, asked for by a repository or none.
+type FetchKey = (Digest, Option<Repository>);
+
 /// A request answered at once, or after an origin fetch.
 enum Handled {
     Now(Response),
@@ -104,8 +107,11 @@ pub(crate) struct Shard {
     peers: RefCell<PeerStore>,
     metainfo: RefCell<MetainfoStore>,
     origins: Option<Rc<Origins>>,
-    /// Origin fetches running, by digest (at most [`FETCHES_PER_SHARD_MAX`]).
-    fetches: RefCell<HashMap<Digest, Rc<Fetch>>>,
+    /// Origin fetches running, by digest and the repository that asks (at most
+    /// [`FETCHES_PER_SHARD_MAX`]). A request for another repository does not join a fetch:
+    /// the answer may differ (one repository's backend has the blob, the other's not); the
+    /// origins still fetch each blob from a backend once.
+    fetches: RefCell<HashMap<FetchKey, Rc<Fetch>>>,
 }
 
 /// A started shard and its listener.
@@ -306,9 +312,9 @@ impl Shard {
                 self.metainfo.borrow_mut().insert(digest, encoded);
                 Handled::Now(Response::Ok)
             }
-            Routed::Get(digest) => match self.metainfo.borrow().get(&digest) {
+            Routed::Get(digest, repository) => match self.metainfo.borrow().get(&digest) {
                 Some(bytes) => Handled::Now(Response::Metainfo(bytes.to_vec())),
-                None => self.fetch(digest),
+                None => self.fetch(digest, repository),
             },
         }
     }
@@ -342,13 +348,14 @@ impl Shard {
         }
     }
 
-    /// A miss: joins the running fetch of `digest`, or starts one.
-    fn fetch(self: &Rc<Self>, digest: Digest) -> Handled {
+    /// A miss: joins the running fetch of `digest` for `repository`, or starts one.
+    fn fetch(self: &Rc<Self>, digest: Digest, repository: Option<Repository>) -> Handled {
         let Some(origins) = &self.origins else {
             return Handled::Now(Response::NotFound);
         };
         let mut fetches = self.fetches.borrow_mut();
-        if let Some(fetch) = fetches.get(&digest) {
+        let key = (digest, repository);
+        if let Some(fetch) = fetches.get(&key) {
             return Handled::Wait(Rc::clone(fetch));
         }
         if fetches.len() >= FETCHES_PER_SHARD_MAX {
@@ -358,12 +365,12 @@ impl Shard {
             ));
         }
         let fetch = Rc::new(Fetch::default());
-        fetches.insert(digest, Rc::clone(&fetch));
+        fetches.insert(key.clone(), Rc::clone(&fetch));
         drop(fetches);
         // A task of its own, so that a requester giving up does not cancel it for the others.
         let (shard, origins, running) = (Rc::clone(self), Rc::clone(origins), Rc::clone(&fetch));
         compio::runtime::spawn(async move {
-            let answer = match origins.fetch(&digest).await {
+            let answer = match origins.fetch(&digest, key.1.as_ref()).await {
                 Ok(Some(encoded)) => {
                     tracing::debug!(%digest, shard = shard.id, "metainfo fetched from an origin");
                     shard.metainfo.borrow_mut().insert(digest, encoded.clone());
@@ -375,7 +382,7 @@ impl Shard {
                     Response::error(ErrorCode::Internal, &failed.brief())
                 }
             };
-            shard.fetches.borrow_mut().remove(&digest);
+            shard.fetches.borrow_mut().remove(&key);
             *running.answer.borrow_mut() = Some(answer);
             running.done.notify(usize::MAX);
         })

@@ -172,7 +172,12 @@ fn metainfo_put_then_get() {
         let digest = metainfo.digest();
         let mut client = Client::connect(addr).await;
         assert_eq!(
-            client.call(&Request::GetMetainfo { digest }).await,
+            client
+                .call(&Request::GetMetainfo {
+                    digest,
+                    repository: None,
+                })
+                .await,
             Response::NotFound
         );
         let put = Request::PutMetainfo {
@@ -182,13 +187,19 @@ fn metainfo_put_then_get() {
         // Another connection sees it.
         let mut other = Client::connect(addr).await;
         assert_eq!(
-            other.call(&Request::GetMetainfo { digest }).await,
+            other
+                .call(&Request::GetMetainfo {
+                    digest,
+                    repository: None,
+                })
+                .await,
             Response::Metainfo(metainfo.encode())
         );
         assert_eq!(
             other
                 .call(&Request::GetMetainfo {
-                    digest: Digest::sha256_of(b"another blob")
+                    digest: Digest::sha256_of(b"another blob"),
+                    repository: None,
                 })
                 .await,
             Response::NotFound

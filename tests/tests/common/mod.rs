@@ -39,6 +39,28 @@ pub fn tracker() -> SocketAddr {
     receiver.recv().unwrap()
 }
 
+/// A tracker with `config` on `addr` (bound once the address is free, within [`WAIT_MAX`]),
+/// on its own thread for the rest of the test process.
+pub fn tracker_at(addr: SocketAddr, config: TrackerServerConfig) {
+    std::thread::spawn(move || {
+        run(async move {
+            let deadline = std::time::Instant::now() + WAIT_MAX;
+            let listener = loop {
+                match compio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => break listener,
+                    Err(error) => {
+                        assert!(std::time::Instant::now() < deadline, "bind {addr}: {error}");
+                        compio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            };
+            shoal_servers::tracker::serve(listener, config, 7)
+                .await
+                .unwrap();
+        });
+    });
+}
+
 /// An engine of two unpinned shards storing under `dir/name`.
 pub fn engine_config(dir: &Path, name: &str, tracker: SocketAddr) -> EngineConfig {
     let mut config = EngineConfig::new(dir.join(name), vec![tracker]);

@@ -2,7 +2,7 @@
 //! shards, and metainfo fetched from origins (real HTTP servers on loopback playing honest,
 //! lying and absent origins).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use http::StatusCode;
@@ -110,6 +110,7 @@ fn metainfo_put_on_one_connection_is_got_on_others() {
             let mut getter = Client::connect(addr).await;
             let get = Request::GetMetainfo {
                 digest: metainfo.digest(),
+                repository: None,
             };
             assert_eq!(
                 getter.call(&get).await,
@@ -125,11 +126,16 @@ struct FakeOrigin {
     answers: Vec<(String, StatusCode, Vec<u8>)>,
     delay: Duration,
     calls: Rc<Cell<usize>>,
+    /// Every request's query string ("" without one).
+    queries: Rc<RefCell<Vec<String>>>,
 }
 
 impl Handler for FakeOrigin {
     async fn handle(&self, request: http::Request<Incoming>) -> http::Response<LocalBody> {
         self.calls.set(self.calls.get() + 1);
+        self.queries
+            .borrow_mut()
+            .push(request.uri().query().unwrap_or("").to_owned());
         if !self.delay.is_zero() {
             compio::time::sleep(self.delay).await;
         }
@@ -161,6 +167,7 @@ async fn start_origin(
         answers: vec![(format!("/internal/metainfo/{digest}"), StatusCode::OK, body)],
         delay,
         calls: Rc::clone(&calls),
+        queries: Rc::default(),
     };
     compio::runtime::spawn(async move {
         crate::http::serve(listener, Rc::new(origin), HttpConfig::default())
@@ -182,7 +189,10 @@ fn with_origins(origins: Vec<SocketAddr>) -> TrackerServerConfig {
 async fn get(addr: SocketAddr, digest: &Digest) -> Response {
     Client::connect(addr)
         .await
-        .call(&Request::GetMetainfo { digest: *digest })
+        .call(&Request::GetMetainfo {
+            digest: *digest,
+            repository: None,
+        })
         .await
 }
 
@@ -242,6 +252,101 @@ fn concurrent_misses_for_one_digest_make_one_origin_fetch() {
     });
 }
 
+async fn get_for(addr: SocketAddr, digest: &Digest, repository: &str) -> Response {
+    Client::connect(addr)
+        .await
+        .call(&Request::GetMetainfo {
+            digest: *digest,
+            repository: Some(tracker_wire::Repository::new(repository).unwrap()),
+        })
+        .await
+}
+
+#[test]
+fn the_repository_that_asks_reaches_the_origin() {
+    run(async {
+        let metainfo = metainfo_of(b"held by one repository's upstream");
+        let digest = metainfo.digest();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        let (calls, queries) = (Rc::new(Cell::new(0)), Rc::new(RefCell::new(Vec::new())));
+        let fake = FakeOrigin {
+            answers: vec![(
+                format!("/internal/metainfo/{digest}"),
+                StatusCode::OK,
+                metainfo.encode(),
+            )],
+            delay: Duration::from_millis(300),
+            calls: Rc::clone(&calls),
+            queries: Rc::clone(&queries),
+        };
+        compio::runtime::spawn(async move {
+            crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
+                .await
+                .unwrap();
+        })
+        .detach();
+        let tracker = start_sharded(with_origins(vec![origin]));
+        // Concurrent misses for one repository share a fetch; another repository's is its
+        // own (its backend may answer otherwise).
+        let askers: Vec<_> = ["hub/app", "hub/app", "hub/app", "team/x"]
+            .into_iter()
+            .map(|repo| {
+                compio::runtime::spawn(async move { get_for(tracker, &digest, repo).await })
+            })
+            .collect();
+        for asker in askers {
+            assert_eq!(asker.await.unwrap(), Response::Metainfo(metainfo.encode()));
+        }
+        assert_eq!(calls.get(), 2);
+        let mut asked = queries.borrow().clone();
+        asked.sort();
+        assert_eq!(asked, ["repo=hub%2Fapp", "repo=team%2Fx"]);
+        // Once cached, whoever asks is answered from the cache.
+        assert_eq!(
+            get_for(tracker, &digest, "other/repo").await,
+            Response::Metainfo(metainfo.encode())
+        );
+        assert_eq!(calls.get(), 2);
+    });
+}
+
+#[test]
+fn an_origins_error_message_reaches_the_peer() {
+    run(async {
+        let digest = Digest::sha256_of(b"an upstream that lies");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = listener.local_addr().unwrap();
+        let error = crate::http::OciError::new(
+            crate::http::ErrorCode::Unavailable,
+            "the storage backend failed: the upstream's bytes do not match the digest",
+        );
+        let fake = FakeOrigin {
+            answers: vec![(
+                format!("/internal/metainfo/{digest}"),
+                StatusCode::SERVICE_UNAVAILABLE,
+                error.to_json().into_bytes(),
+            )],
+            delay: Duration::ZERO,
+            calls: Rc::default(),
+            queries: Rc::default(),
+        };
+        compio::runtime::spawn(async move {
+            crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
+                .await
+                .unwrap();
+        })
+        .detach();
+        let tracker = start_sharded(with_origins(vec![origin]));
+        let response = get_for(tracker, &digest, "hub/app").await;
+        expect_error(
+            response,
+            ErrorCode::Internal,
+            "answered 503: the storage backend failed: the upstream's bytes do not match",
+        );
+    });
+}
+
 /// A digest whose ring order over `origins` puts `last` last.
 fn digest_with_last(origins: &[SocketAddr], last: SocketAddr) -> Metainfo {
     let ring = HashRing::new(origins.iter().map(SocketAddr::to_string)).unwrap();
@@ -282,6 +387,7 @@ fn lying_origins_are_not_believed_and_the_next_is_tried() {
                 answers: vec![(path.clone(), StatusCode::OK, body)],
                 delay: Duration::ZERO,
                 calls,
+                queries: Rc::default(),
             };
             compio::runtime::spawn(async move {
                 crate::http::serve(listener, Rc::new(origin), HttpConfig::default())
