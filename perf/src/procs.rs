@@ -48,6 +48,85 @@ impl Drop for Scratch {
     }
 }
 
+/// The named processes of one test: each is killed when the group drops (by its own guard),
+/// and if the test is panicking the tail of every one's stderr is printed first, so a failed
+/// run says what each component said.
+#[derive(Debug)]
+pub struct ProcGroup {
+    program: PathBuf,
+    envs: Vec<(String, String)>,
+    procs: Vec<(String, Proc)>,
+}
+
+impl ProcGroup {
+    /// A group whose processes run `program` with `envs` set.
+    pub fn new(program: &Path, envs: &[(&str, &str)]) -> ProcGroup {
+        ProcGroup {
+            program: program.to_path_buf(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `program args` as `name` (stderr in `scratch`, one file per start).
+    pub fn start(&mut self, name: &str, args: &[&str], scratch: &Scratch) -> &mut Proc {
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let stderr = scratch.path(&format!("{name}-{}.stderr", self.procs.len()));
+        let proc = Proc::start(name, &self.program, args, &envs, stderr)
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.procs.push((name.to_owned(), proc));
+        let last = self.procs.len() - 1;
+        &mut self.procs[last].1
+    }
+
+    /// Kills (SIGKILL) every process started as `name`.
+    pub fn kill(&mut self, name: &str) {
+        for (n, proc) in &mut self.procs {
+            if n == name {
+                proc.kill();
+            }
+        }
+    }
+
+    /// The stderr of the process last started as `name` (empty if none or unreadable).
+    pub fn stderr_of(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, proc)| std::fs::read_to_string(proc.stderr_path()).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ProcGroup {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (name, proc) in &self.procs {
+                let tail = proc.stderr_tail(30);
+                let _ = writeln!(std::io::stderr(), "--- {name}\n{tail}");
+            }
+        }
+    }
+}
+
+/// The address at the end of the `proc`'s first stdout line starting with `prefix` (a
+/// component's `… listening on ADDR`), waiting at most `wait_max`.
+pub fn listening_addr(proc: &mut Proc, prefix: &str, wait_max: Duration) -> Result<String, String> {
+    let line = proc.line_starting(prefix, wait_max)?;
+    line.rsplit(' ')
+        .next()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{prefix:?}: no address in {line:?}"))
+}
+
 /// A running process; killed (SIGKILL) on drop. Its stdout lines arrive on a channel; its
 /// stderr goes to a file.
 #[derive(Debug)]

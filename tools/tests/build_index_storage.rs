@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use shoal_perf::clients::{layout_blobs as blobs, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
-use shoal_perf::procs::{Proc, Scratch, free_port, moto_server, wait_port_free};
+use shoal_perf::procs::{
+    Proc, ProcGroup, Scratch, free_port, listening_addr, moto_server, wait_port_free,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 const BUCKET: &str = "shoal-tags";
@@ -66,50 +68,16 @@ fn wait_blobs(port: u16, hexes: &[String]) {
     assert!(missing.is_empty(), "not in the bucket: {missing:?}");
 }
 
-struct Procs(Vec<(String, Proc)>);
-
-impl Procs {
-    fn start(&mut self, name: &str, args: &[&str], scratch: &Scratch) -> &mut Proc {
-        let proc = Proc::start(
-            name,
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            args,
-            &[("SHOAL_LOG", "info")],
-            scratch.path(&format!("{name}-{}.stderr", self.0.len())),
-        )
-        .unwrap();
-        self.0.push((name.to_owned(), proc));
-        &mut self.0.last_mut().unwrap().1
-    }
-
-    /// The stderr of the last process started as `name`.
-    fn log(&self, name: &str) -> String {
-        let (_, proc) = self.0.iter().rev().find(|(n, _)| n == name).unwrap();
-        std::fs::read_to_string(proc.stderr_path()).unwrap()
-    }
-
-    fn kill(&mut self, name: &str) {
-        for (n, proc) in &mut self.0 {
-            if n == name {
-                proc.kill();
-            }
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (name, proc) in &self.0 {
-                eprintln!("--- {name}\n{}", proc.stderr_tail(30));
-            }
-        }
-    }
+/// The test's `shoal` processes (their stderr printed if it fails).
+fn shoal_procs() -> ProcGroup {
+    ProcGroup::new(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &[("SHOAL_LOG", "info")],
+    )
 }
 
 fn listening(proc: &mut Proc, prefix: &str) -> String {
-    let line = proc.line_starting(prefix, WAIT).unwrap();
-    line.rsplit(' ').next().unwrap().to_owned()
+    listening_addr(proc, prefix, WAIT).unwrap()
 }
 
 /// A `[[backend]]` on moto's bucket, for the origin's and the build-index's files.
@@ -197,7 +165,7 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
         "--no-pin",
     ];
     let index_args = ["build-index", "--config", index_file.to_str().unwrap()];
-    let mut procs = Procs(Vec::new());
+    let mut procs = shoal_procs();
     listening(
         procs.start("tracker", &tracker_args, &scratch),
         "tracker listening on ",
@@ -226,7 +194,7 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
         procs.start("proxy", &proxy_args, &scratch),
         "proxy listening on ",
     );
-    let agent = |procs: &mut Procs, name: &str| {
+    let agent = |procs: &mut ProcGroup, name: &str| {
         let dir = scratch.path(name);
         let args = [
             "agent",
@@ -334,7 +302,7 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
             "blob {hex} differs"
         );
     }
-    let log = procs.log("build-index");
+    let log = procs.stderr_of("build-index");
     assert!(
         log.contains("tag read back from the storage backend"),
         "{log}"
@@ -376,7 +344,7 @@ fn build_index_writes_tags_through_to_s3_and_reads_them_back() {
         "build-index listening on ",
     );
     assert_eq!(manifest_digest(&first_agent, "s3/app", "v2"), two.digest);
-    let log = procs.log("build-index");
+    let log = procs.stderr_of("build-index");
     assert!(
         log.contains("serving from it, tag writes journaled"),
         "{log}"
@@ -529,7 +497,7 @@ strip_prefix = "hub/"
         ),
     )
     .unwrap();
-    let mut procs = Procs(Vec::new());
+    let mut procs = shoal_procs();
     listening(
         procs.start(
             "build-index",
@@ -607,7 +575,7 @@ strip_prefix = "hub/"
         (status.as_str(), digest_of(&body)),
         ("200", one.digest.clone())
     );
-    let log = procs.log("build-index");
+    let log = procs.stderr_of("build-index");
     assert!(log.contains("upstream tag moved"), "{log}");
     assert!(log.contains("the cached one is served"), "{log}");
 }

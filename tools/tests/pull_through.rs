@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use shoal_perf::clients::{curl_status, layout_blobs as blobs, run, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
 use shoal_perf::procs::{
-    Proc, Scratch, cached_blob_path, docker_registry, docker_registry_blob_path, free_port,
-    requests_in_log,
+    Proc, ProcGroup, Scratch, cached_blob_path, docker_registry, docker_registry_blob_path,
+    free_port, listening_addr, requests_in_log,
 };
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -34,42 +34,17 @@ const AGENTS: usize = 8;
 /// Layer sizes of the pulled image (plus its config and manifest).
 const LAYER_SIZES: [usize; 4] = [4 << 20, 3 << 19, 300_000, 20_000];
 
-struct Procs(Vec<(String, Proc)>);
-
-impl Procs {
-    fn start(&mut self, name: &str, args: &[&str], scratch: &Scratch) -> &mut Proc {
-        let proc = Proc::start(
-            name,
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            args,
-            &[("SHOAL_LOG", "info")],
-            scratch.path(&format!("{name}.stderr")),
-        )
-        .unwrap();
-        self.0.push((name.to_owned(), proc));
-        &mut self.0.last_mut().unwrap().1
-    }
-
-    fn stderr_of(&self, name: &str) -> String {
-        let (_, proc) = self.0.iter().find(|(n, _)| n == name).unwrap();
-        std::fs::read_to_string(proc.stderr_path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (name, proc) in &self.0 {
-                eprintln!("--- {name}\n{}", proc.stderr_tail(30));
-            }
-        }
-    }
+/// The test's `shoal` processes (their stderr printed if it fails).
+fn shoal_procs() -> ProcGroup {
+    ProcGroup::new(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &[("SHOAL_LOG", "info")],
+    )
 }
 
 /// The address at the end of a `… listening on ADDR` line.
 fn listening(proc: &mut Proc, prefix: &str) -> String {
-    let line = proc.line_starting(prefix, WAIT).unwrap();
-    line.rsplit(' ').next().unwrap().to_owned()
+    listening_addr(proc, prefix, WAIT).unwrap()
 }
 
 /// `skopeo copy` from `from` into the OCI layout `to` (tag `pulled`), as a process (killed
@@ -244,7 +219,7 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
     let agent_file = scratch.path("agent.toml");
     std::fs::write(&agent_file, "[engine]\ntracker_timeout = \"20s\"\n").unwrap();
     let origin_dir = scratch.path("origin");
-    let mut procs = Procs(Vec::new());
+    let mut procs = shoal_procs();
     listening(
         procs.start(
             "tracker",

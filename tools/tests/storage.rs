@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use shoal_perf::clients::{layout_blobs as blobs, skopeo_copy};
 use shoal_perf::oci_layout::Layout;
-use shoal_perf::procs::{Proc, Scratch, free_port, moto_server, wait_port_free};
+use shoal_perf::procs::{
+    Proc, ProcGroup, Scratch, free_port, listening_addr, moto_server, wait_port_free,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 const BUCKET: &str = "shoal-origin";
@@ -42,44 +44,16 @@ fn wait_in_bucket(port: u16, hexes: &[String]) {
     assert!(missing.is_empty(), "not in the bucket: {missing:?}");
 }
 
-struct Procs(Vec<(String, Proc)>);
-
-impl Procs {
-    fn start(&mut self, name: &str, args: &[&str], scratch: &Scratch) -> &mut Proc {
-        let proc = Proc::start(
-            name,
-            Path::new(env!("CARGO_BIN_EXE_shoal")),
-            args,
-            &[("SHOAL_LOG", "info")],
-            scratch.path(&format!("{name}-{}.stderr", self.0.len())),
-        )
-        .unwrap();
-        self.0.push((name.to_owned(), proc));
-        &mut self.0.last_mut().unwrap().1
-    }
-
-    fn kill(&mut self, name: &str) {
-        for (n, proc) in &mut self.0 {
-            if n == name {
-                proc.kill();
-            }
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for (name, proc) in &self.0 {
-                eprintln!("--- {name}\n{}", proc.stderr_tail(30));
-            }
-        }
-    }
+/// The test's `shoal` processes (their stderr printed if it fails).
+fn shoal_procs() -> ProcGroup {
+    ProcGroup::new(
+        Path::new(env!("CARGO_BIN_EXE_shoal")),
+        &[("SHOAL_LOG", "info")],
+    )
 }
 
 fn listening(proc: &mut Proc, prefix: &str) -> String {
-    let line = proc.line_starting(prefix, WAIT).unwrap();
-    line.rsplit(' ').next().unwrap().to_owned()
+    listening_addr(proc, prefix, WAIT).unwrap()
 }
 
 #[test]
@@ -134,7 +108,7 @@ connect_timeout = "2s"
         "1",
         "--no-pin",
     ];
-    let mut procs = Procs(Vec::new());
+    let mut procs = shoal_procs();
     listening(
         procs.start("tracker", &tracker_args, &scratch),
         "tracker listening on ",
@@ -171,7 +145,7 @@ connect_timeout = "2s"
         procs.start("proxy", &proxy_args, &scratch),
         "proxy listening on ",
     );
-    let agent = |procs: &mut Procs, name: &str| {
+    let agent = |procs: &mut ProcGroup, name: &str| {
         let dir = scratch.path(name);
         let args = [
             "agent",
