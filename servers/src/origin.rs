@@ -264,6 +264,9 @@ pub struct OriginState {
     incoming_dir: PathBuf,
     /// Makes temporary names unique (the store's lock makes the process unique).
     next_temp: Cell<u64>,
+    /// Fills running in tasks of their own ([`OriginState::fill_detached`]), at most
+    /// [`FILLS_DETACHED_MAX`].
+    fills_detached: Rc<Cell<usize>>,
     /// Digests being received (a PUT or a fill): one at a time per digest.
     putting: RefCell<HashSet<Digest>>,
     /// Notified whenever a digest leaves `putting`.
@@ -354,6 +357,7 @@ impl Origin {
             client: HttpClient::new(ClientConfig::default()),
             incoming_dir,
             next_temp: Cell::new(0),
+            fills_detached: Rc::new(Cell::new(0)),
             putting: RefCell::new(HashSet::new()),
             put_done: Event::new(),
             n_filled: Cell::new(0),
@@ -804,17 +808,26 @@ impl OriginState {
 
     /// [`OriginState::fill`] for a request, in a task of its own: a requester that goes away
     /// (a tracker that stops waiting for a big blob) does not cancel a fill that the next
-    /// request will want finished. Fills in flight are bounded by the backend fetches'
-    /// ([`FLIGHTS_MAX`]) and one per digest.
+    /// request will want finished. At most [`FILLS_DETACHED_MAX`] run at once (requests that
+    /// come and go for a slow digest would otherwise pile tasks up); past that the request is
+    /// answered with an error (503) at once.
     async fn fill_detached(
         self: &Rc<Self>,
         digest: Digest,
         repository: Option<&str>,
     ) -> Result<bool, String> {
+        let running = Rc::clone(&self.fills_detached);
+        if running.get() >= FILLS_DETACHED_MAX {
+            return Err(format!(
+                "{FILLS_DETACHED_MAX} fills are in progress already; try again"
+            ));
+        }
+        running.set(running.get() + 1);
         let (inner, repository) = (Rc::clone(self), repository.map(str::to_owned));
         let (done, filled) = flume::bounded(1);
         compio::runtime::spawn(async move {
             let result = inner.fill(digest, None, repository.as_deref()).await;
+            running.set(running.get() - 1);
             // The requester may be gone; the blob is stored all the same.
             let _ = done.send(result);
         })
@@ -902,6 +915,9 @@ impl OriginState {
         Ok(true)
     }
 }
+
+/// Fills in tasks of their own at once ([`OriginState::fill_detached`]).
+pub const FILLS_DETACHED_MAX: usize = 256;
 
 /// The fixed part of the time bound of one fill.
 const FILL_TIME_BASE: Duration = Duration::from_secs(30);

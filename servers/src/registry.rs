@@ -564,11 +564,17 @@ impl Registry {
     /// Deletes a tag; `false` if there was none.
     pub async fn delete_tag(&self, repo: &str, tag: &str) -> Result<bool, RegistryError> {
         let path = format!("/internal/tags/{repo}/{tag}");
+        self.delete_index(&path, format!("DELETE tag {repo}:{tag}"))
+            .await
+    }
+
+    /// A DELETE at the build-index: a 2xx → `true`, 404 → `false`, else an error naming `what`.
+    async fn delete_index(&self, path: &str, what: String) -> Result<bool, RegistryError> {
         let response = self
             .call(
                 BUILD_INDEX,
                 Method::DELETE,
-                &path,
+                path,
                 HeaderMap::new(),
                 ClientBody::empty(),
             )
@@ -576,11 +582,7 @@ impl Registry {
         match response.status() {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            status => Err(status_error(
-                BUILD_INDEX,
-                format!("DELETE tag {repo}:{tag}"),
-                status,
-            )),
+            status => Err(status_error(BUILD_INDEX, what, status)),
         }
     }
 
@@ -659,24 +661,8 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         let path = format!("/internal/manifests/{repo}/{digest}");
-        let response = self
-            .call(
-                BUILD_INDEX,
-                Method::DELETE,
-                &path,
-                HeaderMap::new(),
-                ClientBody::empty(),
-            )
-            .await?;
-        match response.status() {
-            StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NO_CONTENT => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            status => Err(status_error(
-                BUILD_INDEX,
-                format!("DELETE manifest {repo}@{digest}"),
-                status,
-            )),
-        }
+        self.delete_index(&path, format!("DELETE manifest {repo}@{digest}"))
+            .await
     }
 
     /// The descriptors of the referrers of `subject` in `repo` (none for an unknown
