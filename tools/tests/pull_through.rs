@@ -350,9 +350,10 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
         );
     }
     // The manifest: the origin asks the blob endpoint first (a registry keeps manifests
-    // apart from blobs: 404), then the manifest endpoint, once; the seven other agents'
-    // reads find it stored, fetched for this very repository, so the upstream is not asked
-    // whether the repository holds it.
+    // apart from blobs: 404), then the manifest endpoint, once. An agent whose read arrives
+    // after that fetch finds it stored for this very repository; one that arrives while it
+    // is still running has the origin ask the upstream whether the repository holds it (a
+    // HEAD, no bytes): at most one per other agent, how many depends on timing.
     let manifest_gets = pulled("GET", &manifest_path);
     let manifest_blob_gets = pulled("GET", &blob_path(&app.manifest));
     let manifest_heads = pulled("HEAD", &manifest_path) + pulled("HEAD", &blob_path(&app.manifest));
@@ -361,7 +362,10 @@ fn an_image_only_upstream_is_pulled_through_eight_agents_at_once() {
         manifest_blob_gets <= 1,
         "{manifest_blob_gets} manifest GETs at the blob endpoint"
     );
-    assert_eq!(manifest_heads, 0, "upstream HEADs of the manifest");
+    assert!(
+        manifest_heads < AGENTS,
+        "{manifest_heads} upstream HEADs of the manifest"
+    );
     let log = std::fs::read_to_string(&upstream_log).unwrap();
     let pull_requests: Vec<&str> = log
         .lines()

@@ -62,6 +62,9 @@ struct Bits {
     phase: Phase,
 }
 
+/// Looks [`DownloadHandle::open`] takes at a download whose data a completion may be moving.
+const OPEN_ATTEMPTS: usize = 4;
+
 #[derive(Debug, Clone)]
 enum Phase {
     Active,
@@ -222,9 +225,11 @@ impl DownloadHandle {
     /// own group commit, over the state every shard shares.
     pub async fn open(&self) -> Result<Download, StoreError> {
         let shared = Arc::clone(&self.shared);
-        // A completion on another shard may rename `data` between our look and our open;
-        // the second look then sees the new path.
-        for attempt in 0..2 {
+        // A completion on another shard may move `data` between our look and our open: while
+        // it is still completing (the move done, the phase not yet changed) we wait for the
+        // phase to change, then look again and see the new path.
+        for attempt in 0..OPEN_ATTEMPTS {
+            let changed = shared.changed.listen();
             let phase = lock(&shared.bits).phase.clone();
             let (path, writable) = match &phase {
                 Phase::Completed(path) => (path.clone(), false),
@@ -237,7 +242,14 @@ impl DownloadHandle {
                 .await;
             let data = match opened {
                 Ok(file) => file,
-                Err(error) if error.kind() == io::ErrorKind::NotFound && attempt == 0 => continue,
+                Err(error)
+                    if error.kind() == io::ErrorKind::NotFound && attempt + 1 < OPEN_ATTEMPTS =>
+                {
+                    if matches!(phase, Phase::Completing) {
+                        changed.await;
+                    }
+                    continue;
+                }
                 Err(error) => return Err(StoreError::io("open", path, error)),
             };
             let pieces = if writable {
@@ -727,10 +739,14 @@ impl Download {
                 Ok(path)
             }
             Err(error) => {
-                let mut bits = lock(&shared.bits);
-                if matches!(bits.phase, Phase::Completing) {
-                    bits.phase = Phase::Active;
+                {
+                    let mut bits = lock(&shared.bits);
+                    if matches!(bits.phase, Phase::Completing) {
+                        bits.phase = Phase::Active;
+                    }
                 }
+                // An `open` waiting for the completion looks again.
+                shared.notify_waiters();
                 Err(error)
             }
         }
