@@ -125,6 +125,7 @@ pub struct SwarmOverrides {
     pub dial_target: Option<usize>,
     pub connections_max: Option<usize>,
     pub origin_connections_max: Option<usize>,
+    pub origin_last_resort: Option<bool>,
     pub dials_in_flight_max: Option<usize>,
     pub requests_per_connection_max: Option<usize>,
     pub requests_in_flight_max: Option<usize>,
@@ -162,6 +163,7 @@ impl SwarmOverrides {
             &mut base.origin_connections_max,
             self.origin_connections_max,
         );
+        set(&mut base.origin_last_resort, self.origin_last_resort);
         set(&mut base.dials_in_flight_max, self.dials_in_flight_max);
         set(
             &mut base.requests_per_connection_max,

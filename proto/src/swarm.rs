@@ -48,16 +48,24 @@ use crate::wire::{Handshake, Message, PieceHeader};
 /// Tunables of one swarm. Every bound the state machine keeps comes from here.
 #[derive(Debug, Clone)]
 pub struct SwarmConfig {
-    /// This host is a dedicated origin seeder: it never dials, and peers ask it only for
-    /// pieces nobody else they know has.
+    /// This host is a dedicated origin seeder: it never dials; peers keep at most
+    /// `origin_connections_max` connections to origins.
     pub is_origin: bool,
     /// Agent connections this peer dials on its own until it has this many (inbound ones
     /// count too). Together with `connections_max` this makes the pseudo-random regular graph.
     pub dial_target: usize,
     /// Hard cap on connections of this (blob, stripe), inbound and outbound together.
     pub connections_max: usize,
-    /// Connections to origins this peer keeps at most (origins are a last resort).
+    /// Connections to origins this peer keeps at most.
     pub origin_connections_max: usize,
+    /// Ask origins only for pieces no connected agent has. Off (the default), an origin
+    /// connection is asked like any other, rarest first: pieces nobody else has still go to
+    /// it first, and it also carries common pieces whenever it has room. In the real swarm
+    /// (`shoal-perf`, a quarter of `standard.toml`'s rates) the last-resort rule left the
+    /// origin idle for the second half of the pull while the agents' uplinks were the
+    /// bottleneck: p50/p99 efficiency 0.78–0.80 / 0.69–0.71 with it, 0.81–0.82 / 0.73
+    /// without (perf/RESULTS.md).
+    pub origin_last_resort: bool,
     /// Dials in flight at once.
     pub dials_in_flight_max: usize,
     /// Piece requests in flight per connection (the pipeline depth).
@@ -103,6 +111,7 @@ impl Default for SwarmConfig {
             dial_target: 8,
             connections_max: 16,
             origin_connections_max: 1,
+            origin_last_resort: false,
             dials_in_flight_max: 12,
             requests_per_connection_max: 1,
             requests_in_flight_max: 8,
@@ -1384,7 +1393,9 @@ impl Swarm {
 
     /// The piece a reader waits for ([`Swarm::handle_wanted`]) if this connection has it;
     /// otherwise the rarest-first choice of a piece to request on connection `index`, with a seeded random
-    /// tie-break. Origins are asked only for pieces no other connected peer has. In endgame
+    /// tie-break (with `origin_last_resort`, origins are asked only for pieces no other
+    /// connected peer has; availability counts agents only, so an origin is asked for the
+    /// pieces nobody else has before any other either way). In endgame
     /// (every missing piece already requested), pieces already requested elsewhere qualify,
     /// up to `endgame_duplicates_max` requests each.
     fn pick(&mut self, index: usize) -> Option<usize> {
@@ -1392,7 +1403,7 @@ impl Swarm {
         if let Some(local) = self.wanted
             && self.requested[local] == 0
             && c.remote_has.get(local)
-            && !(c.is_origin && self.availability[local] > 0)
+            && !(c.is_origin && self.config.origin_last_resort && self.availability[local] > 0)
         {
             return Some(local);
         }
@@ -1402,6 +1413,7 @@ impl Swarm {
         let mut best: Option<usize> = None;
         let mut best_availability = u16::MAX;
         let mut ties = 0u64;
+        let origin_last_resort = c.is_origin && self.config.origin_last_resort;
         let remote_words = c.remote_has.words();
         let have_words = self.have.words();
         for (word_index, (&theirs, &mine)) in remote_words.iter().zip(have_words).enumerate() {
@@ -1420,7 +1432,7 @@ impl Swarm {
                     continue;
                 }
                 let availability = self.availability[local];
-                if c.is_origin && availability > 0 {
+                if origin_last_resort && availability > 0 {
                     continue;
                 }
                 // In endgame prefer the least-requested piece, then the rarest.

@@ -1316,10 +1316,11 @@ fn a_piece_a_reader_waits_for_is_requested_first_then_rarest_first_resumes() {
 }
 
 #[test]
-fn origins_are_asked_only_for_pieces_no_agent_has() {
+fn origins_as_last_resort_are_asked_only_for_pieces_no_agent_has() {
     for seed in 0..8 {
         let cfg = SwarmConfig {
             requests_per_connection_max: 1,
+            origin_last_resort: true,
             seed,
             ..config()
         };
@@ -1347,6 +1348,45 @@ fn origins_are_asked_only_for_pieces_no_agent_has() {
         rig.serve_all();
         assert!(rig.swarm.is_complete(), "seed {seed}");
         assert!(!rig.is_established(origin_conn), "complete: origin closed");
+    }
+}
+
+#[test]
+fn origins_are_asked_rarest_first_like_any_peer() {
+    for seed in 0..8 {
+        let cfg = SwarmConfig {
+            requests_per_connection_max: 1,
+            origin_last_resort: false,
+            seed,
+            ..config()
+        };
+        // The agent is never served: everything comes from the origin, the pieces nobody
+        // else has first, then the agent's too.
+        let mut rig = Rig::new(cfg, 6, &[]);
+        let _agent_conn = rig.connect(5, &[0, 1, 2]);
+        let origin_conn = rig.connect_origin(50);
+        let mut asked = Vec::new();
+        for _ in 0..STEPS_MAX {
+            asked.extend(requests(&rig.take_transmits(), origin_conn));
+            if rig.swarm.is_complete() {
+                break;
+            }
+            rig.serve_one(origin_conn);
+        }
+        assert!(rig.swarm.is_complete(), "seed {seed}");
+        let mut rare_first = asked[..3].to_vec();
+        rare_first.sort_unstable();
+        assert_eq!(rare_first, vec![3, 4, 5], "seed {seed}: {asked:?}");
+        let mut rest = asked[3..].to_vec();
+        rest.sort_unstable();
+        assert!(
+            rest.iter().all(|p| [0, 1, 2].contains(p)),
+            "seed {seed}: {asked:?}"
+        );
+        assert!(
+            !rest.is_empty(),
+            "seed {seed}: the origin carried no common piece"
+        );
     }
 }
 
@@ -1537,7 +1577,12 @@ fn valid_piece_is_announced_only_to_remotes_that_lack_it() {
 
 #[test]
 fn completion_is_reported_once_and_closes_useless_connections() {
-    let mut rig = Rig::new(config(), 2, &[0]);
+    // Origins as a last resort, so that piece 1 is asked of one remote only.
+    let cfg = SwarmConfig {
+        origin_last_resort: true,
+        ..config()
+    };
+    let mut rig = Rig::new(cfg, 2, &[0]);
     let full = rig.connect(5, &all(2));
     let origin_conn = rig.connect_origin(50);
     let has_0 = rig.connect(6, &[0]);
