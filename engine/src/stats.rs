@@ -25,6 +25,10 @@ pub(crate) struct ShardCounters {
     pub dials_failed: AtomicU64,
     pub peers_blacklisted: AtomicU64,
     pub handoffs: AtomicU64,
+    pub requests_sent: AtomicU64,
+    pub request_queue_us: AtomicU64,
+    pub requests_answered: AtomicU64,
+    pub request_answer_us: AtomicU64,
 }
 
 pub(crate) fn add(counter: &AtomicU64, n: u64) {
@@ -65,6 +69,10 @@ impl ShardCounters {
             dials_failed: get(&self.dials_failed),
             peers_blacklisted: get(&self.peers_blacklisted),
             handoffs: get(&self.handoffs),
+            requests_sent: get(&self.requests_sent),
+            request_queue_us: get(&self.request_queue_us),
+            requests_answered: get(&self.requests_answered),
+            request_answer_us: get(&self.request_answer_us),
         }
     }
 }
@@ -92,6 +100,17 @@ pub struct ShardStats {
     pub peers_blacklisted: u64,
     /// Accepted connections handed to another shard after their handshake.
     pub handoffs: u64,
+    /// Piece requests written to peers.
+    pub requests_sent: u64,
+    /// Microseconds those requests waited, in all, between the swarm issuing them and their
+    /// last byte reaching the socket: behind earlier messages and piece payloads on the same
+    /// connection, and behind a full socket buffer.
+    pub request_queue_us: u64,
+    /// Requests whose piece's header arrived.
+    pub requests_answered: u64,
+    /// Microseconds, in all, from a request reaching the socket to its piece's header
+    /// arriving: the network both ways plus the wait in the remote's upload queue.
+    pub request_answer_us: u64,
 }
 
 impl ShardStats {
@@ -108,6 +127,10 @@ impl ShardStats {
         self.dials_failed += other.dials_failed;
         self.peers_blacklisted += other.peers_blacklisted;
         self.handoffs += other.handoffs;
+        self.requests_sent += other.requests_sent;
+        self.request_queue_us += other.request_queue_us;
+        self.requests_answered += other.requests_answered;
+        self.request_answer_us += other.request_answer_us;
     }
 }
 

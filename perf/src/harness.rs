@@ -21,6 +21,7 @@
 //! bounded (`time_limit_s`, and fixed start-up limits); every process is killed when its
 //! guard drops; the system's files are removed before the next system runs.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -37,6 +38,9 @@ const START_WAIT_MAX: Duration = Duration::from_secs(60);
 const BACKGROUND_SAMPLE: Duration = Duration::from_secs(1);
 /// How often the pull phase looks at its clients.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often the pull phase samples every link's byte counters (the utilization timeline).
+const LINK_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Ports on the origin's host.
 const TRACKER_PORT: u16 = 7100;
 const ORIGIN_PORT: u16 = 7200;
@@ -114,6 +118,22 @@ pub struct Bench<'a> {
     pub logs: PathBuf,
 }
 
+/// How busy the links were over one interval of the pull phase: bytes moved (frames,
+/// headers included) as a fraction of what the caps allow in that interval.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkSample {
+    /// Seconds from the start of the pull phase to the end of the interval.
+    pub t_s: f64,
+    /// Hosts that pulled during some of the interval.
+    pub pulling: usize,
+    /// What those hosts received, over the sum of their download caps.
+    pub download_use: f64,
+    /// What every emulated host sent, over the sum of their upload caps.
+    pub upload_use: f64,
+    /// What the origin's host sent, over its upload cap.
+    pub origin_use: f64,
+}
+
 /// What one system achieved.
 #[derive(Debug, Clone)]
 pub struct SystemResult {
@@ -141,6 +161,11 @@ pub struct SystemResult {
     pub cores_busy_before: f64,
     /// Wall seconds of the pull phase.
     pub pull_wall_s: f64,
+    /// The links' use during the pull phase, one sample per [`LINK_SAMPLE_INTERVAL`].
+    pub timeline: Vec<LinkSample>,
+    /// Shoal only: the engines' metrics after the pull (`GET /metrics`, each series summed
+    /// over its labels), summed over every agent under `agents`, the origin's under `origin`.
+    pub engine_counters: Option<serde_json::Value>,
 }
 
 /// A process started in a namespace with `ip netns exec`, which execs it: the guard's pid
@@ -190,6 +215,37 @@ fn until_ok<T>(
     }
 }
 
+/// Every series of a Prometheus text exposition summed over its `shard` label: the series
+/// name with its other labels (`name{peer="agent"}`, or `name` alone) → sum.
+fn sum_series(text: &str) -> BTreeMap<String, f64> {
+    let mut sums = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        let key = match series.split_once('{') {
+            None => series.to_owned(),
+            Some((name, labels)) => {
+                let kept: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty() && !l.starts_with("shard="))
+                    .collect();
+                if kept.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{name}{{{}}}", kept.join(","))
+                }
+            }
+        };
+        *sums.entry(key).or_insert(0.0) += value;
+    }
+    sums
+}
+
 /// Quotes `text` for `sh`.
 fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -208,6 +264,8 @@ struct Client {
     done_files: Vec<PathBuf>,
     released: Option<Instant>,
     outcome: Option<Result<f64, String>>,
+    /// When `poll` found the outcome.
+    finished_at: Option<Instant>,
 }
 
 impl Client {
@@ -240,6 +298,7 @@ impl Client {
             done_files,
             released: None,
             outcome: None,
+            finished_at: None,
         })
     }
 
@@ -250,6 +309,11 @@ impl Client {
         self.released = Some(now);
     }
 
+    /// Whether the client pulled during some of `from..to`.
+    fn pulled_during(&self, from: Instant, to: Instant) -> bool {
+        self.released.is_some_and(|r| r < to) && self.finished_at.is_none_or(|f| f > from)
+    }
+
     fn stderr_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -258,6 +322,14 @@ impl Client {
 
     /// Looks at the client once; true once it has an outcome.
     fn poll(&mut self, now: Instant) -> bool {
+        let done = self.look(now);
+        if done && self.finished_at.is_none() {
+            self.finished_at = Some(now);
+        }
+        done
+    }
+
+    fn look(&mut self, now: Instant) -> bool {
         if self.outcome.is_some() {
             return true;
         }
@@ -398,8 +470,30 @@ impl Bench<'_> {
         let server_cpu_before: f64 = cpu_of(&watched.servers).iter().sum();
         let start = Instant::now();
         let limit = Duration::from_secs_f64(scenario.time_limit_s + scenario.late_join_at_s);
+        let mut timeline = Vec::new();
+        let mut last_sample = (start, self.net.link_bytes().ok());
         loop {
             let now = Instant::now();
+            if now >= last_sample.0 + LINK_SAMPLE_INTERVAL {
+                let bytes = self.net.link_bytes().ok();
+                if let (Some(before), Some(after)) = (&last_sample.1, &bytes) {
+                    let pulling: Vec<bool> = (0..scenario.hosts)
+                        .map(|host| {
+                            clients
+                                .iter()
+                                .any(|c| c.host == host && c.pulled_during(last_sample.0, now))
+                        })
+                        .collect();
+                    timeline.push(self.link_sample(
+                        (now - start).as_secs_f64(),
+                        (now - last_sample.0).as_secs_f64(),
+                        &pulling,
+                        before,
+                        after,
+                    ));
+                }
+                last_sample = (now, bytes);
+            }
             let mut all_done = true;
             for client in clients.iter_mut() {
                 let join = Duration::from_secs_f64(scenario.join_s(client.host));
@@ -460,7 +554,42 @@ impl Bench<'_> {
             cores_busy: busy_fraction(ticks_before, ticks_after),
             cores_busy_before: busy_fraction(idle_before, idle_after),
             pull_wall_s,
+            timeline,
+            engine_counters: None,
         })
+    }
+
+    /// One [`LinkSample`] from the link counters at the start and end of an interval of
+    /// `dt_s` seconds; `pulling[h]` says whether host `h` was pulling.
+    fn link_sample(
+        &self,
+        t_s: f64,
+        dt_s: f64,
+        pulling: &[bool],
+        before: &[(u64, u64)],
+        after: &[(u64, u64)],
+    ) -> LinkSample {
+        let scenario = self.scenario;
+        let moved = |i: usize| {
+            let sent = after[i].0.saturating_sub(before[i].0) as f64;
+            let received = after[i].1.saturating_sub(before[i].1) as f64;
+            (sent, received)
+        };
+        let hosts = scenario.hosts;
+        let n_pulling = pulling.iter().filter(|p| **p).count();
+        let received: f64 = (0..hosts).filter(|&h| pulling[h]).map(|h| moved(h).1).sum();
+        let sent: f64 = (0..hosts).map(|h| moved(h).0).sum();
+        let fraction = |bytes: f64, cap: f64| if cap > 0.0 { bytes / cap } else { 0.0 };
+        LinkSample {
+            t_s,
+            pulling: n_pulling,
+            download_use: fraction(
+                received,
+                n_pulling as f64 * scenario.host_download_bytes_per_s * dt_s,
+            ),
+            upload_use: fraction(sent, hosts as f64 * scenario.host_upload_bytes_per_s * dt_s),
+            origin_use: fraction(moved(hosts).0, scenario.origin_upload_bytes_per_s * dt_s),
+        }
     }
 
     /// Compares every host's copy of every blob with the original: `digest_of(host, blob)`
@@ -721,10 +850,36 @@ impl Bench<'_> {
         };
         let mut result = self.pull(System::Shoal, &mut clients, &watched)?;
         drop(clients);
+        result.engine_counters = self.engine_counters(&origin_addr);
         self.verify(&mut result, |host, blob| {
             self.curl_copy_digest(dir, host, blob)
         });
         Ok(result)
+    }
+
+    /// Every agent's and the origin's `GET /metrics`, each series summed over its labels;
+    /// the agents' summed. A diagnostic: `{"error": …}` if one cannot be read.
+    fn engine_counters(&self, origin_addr: &str) -> Option<serde_json::Value> {
+        let read = |ns: &str, addr: &str| -> Result<BTreeMap<String, f64>, String> {
+            let url = format!("http://{addr}/metrics");
+            let text = run_in(ns, "curl", &["-sS", "-f", "--max-time", "5", &url])?;
+            Ok(sum_series(&text))
+        };
+        let mut agents = BTreeMap::new();
+        for host in 0..self.scenario.hosts {
+            match read(&netns::host_ns(host), AGENT_ADDR) {
+                Ok(sums) => {
+                    for (name, value) in sums {
+                        *agents.entry(name).or_insert(0.0) += value;
+                    }
+                }
+                Err(e) => return Some(serde_json::json!({ "error": format!("host {host}: {e}") })),
+            }
+        }
+        Some(match read(ORIGIN_NS, origin_addr) {
+            Ok(origin) => serde_json::json!({ "agents": agents, "origin": origin }),
+            Err(e) => serde_json::json!({ "error": format!("the origin: {e}") }),
+        })
     }
 
     fn run_registry(&self, dir: &Path) -> Result<SystemResult, String> {
@@ -946,6 +1101,19 @@ mod tests {
             "4294967295 33554432"
         );
         assert_eq!(cksum_line("12 34\n"), "12 34");
+    }
+
+    #[test]
+    fn series_are_summed_over_their_labels() {
+        let text = "# HELP x X.\n# TYPE x counter\nx_total{shard=\"0\",peer=\"a\"} 2\n\
+                    x_total{shard=\"1\",peer=\"a\"} 3.5\nx_total{shard=\"1\",peer=\"b\"} 1\n\
+                    y{shard=\"0\"} 4\ny{shard=\"1\"} 1\nz 7\n# EOF\n";
+        let sums = sum_series(text);
+        assert_eq!(sums.get(r#"x_total{peer="a"}"#), Some(&5.5));
+        assert_eq!(sums.get(r#"x_total{peer="b"}"#), Some(&1.0));
+        assert_eq!(sums.get("y"), Some(&5.0));
+        assert_eq!(sums.get("z"), Some(&7.0));
+        assert_eq!(sums.len(), 4);
     }
 
     #[test]

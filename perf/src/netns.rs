@@ -344,6 +344,37 @@ impl Net {
             .ok_or_else(|| format!("ip -s -j link: no rx bytes in {json}"))
     }
 
+    /// Bytes every host has sent and received on its link so far (frames, headers
+    /// included), read off the bridge's ports in one `ip` call: `(sent, received)` per
+    /// emulated host in host order, then the origin's host.
+    pub fn link_bytes(&self) -> Result<Vec<(u64, u64)>, String> {
+        let json = run("ip", &["-n", BRIDGE_NS, "-s", "-j", "link", "show"], None)?;
+        let value: serde_json::Value =
+            serde_json::from_str(&json).map_err(|e| format!("ip -s -j link: {e}"))?;
+        let mut by_port = std::collections::HashMap::new();
+        for port in value.as_array().into_iter().flatten() {
+            let (Some(name), Some(rx), Some(tx)) = (
+                port["ifname"].as_str(),
+                port["stats64"]["rx"]["bytes"].as_u64(),
+                port["stats64"]["tx"]["bytes"].as_u64(),
+            ) else {
+                continue;
+            };
+            // The port's rx is what the host sent, its tx what the host received.
+            by_port.insert(name.to_owned(), (rx, tx));
+        }
+        (0..self.hosts)
+            .map(|i| format!("h{i}"))
+            .chain(std::iter::once("o".to_owned()))
+            .map(|port| {
+                by_port
+                    .get(&port)
+                    .copied()
+                    .ok_or_else(|| format!("ip -s -j link: no counters for port {port}"))
+            })
+            .collect()
+    }
+
     /// Kills every process inside the network's namespaces.
     pub fn kill_processes(&self) {
         if let Ok(names) = our_namespaces() {

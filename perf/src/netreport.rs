@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::harness::SystemResult;
+use crate::harness::{LinkSample, SystemResult};
 use crate::scenario::{Scenario, System};
 
 const GIB: f64 = (1u64 << 30) as f64;
@@ -110,6 +110,14 @@ impl Figures {
             "cores_busy": self.result.cores_busy,
             "cores_busy_before": self.result.cores_busy_before,
             "pull_wall_s": self.result.pull_wall_s,
+            "engine_counters": self.result.engine_counters,
+            "timeline": self.result.timeline.iter().map(|s| json!({
+                "t_s": s.t_s,
+                "pulling": s.pulling,
+                "download_use": s.download_use,
+                "upload_use": s.upload_use,
+                "origin_use": s.origin_use,
+            })).collect::<Vec<_>>(),
             "failures": self.result.failures,
         })
     }
@@ -203,11 +211,74 @@ pub fn to_markdown(scenario: &Scenario, figures: &[Figures]) -> String {
         );
     }
     for f in figures {
+        out.push_str(&timeline_table(f));
+    }
+    for f in figures {
+        if let Some(line) = f.result.engine_counters.as_ref().and_then(request_line) {
+            let _ = writeln!(out, "\n{}: {line}", f.system.name());
+        }
+    }
+    for f in figures {
         for failure in f.result.failures.iter().take(10) {
             let _ = writeln!(out, "\n{}: {failure}", f.system.name());
         }
     }
     out
+}
+
+/// Rows of the link-use timeline at most (samples are merged into rows of equal spans).
+const TIMELINE_ROWS_MAX: usize = 24;
+
+/// The system's link use over the pull phase as a Markdown table (empty without samples):
+/// per row, the mean of its samples.
+fn timeline_table(f: &Figures) -> String {
+    let samples = &f.result.timeline;
+    if samples.is_empty() {
+        return String::new();
+    }
+    let per_row = samples.len().div_ceil(TIMELINE_ROWS_MAX);
+    let mut out = format!(
+        "\n{}: link use over the pull (bytes moved over the caps' allowance, frames included)\n\n\
+         | until s | hosts pulling | their downlinks | all uplinks | origin uplink |\n\
+         |---|---|---|---|---|\n",
+        f.system.name()
+    );
+    for row in samples.chunks(per_row) {
+        let n = row.len() as f64;
+        let mean = |get: fn(&LinkSample) -> f64| row.iter().map(get).sum::<f64>() / n;
+        let last = row[row.len() - 1];
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} | {:.0}% | {:.0}% | {:.0}% |",
+            last.t_s,
+            row[0].pulling,
+            mean(|s| s.download_use) * 100.0,
+            mean(|s| s.upload_use) * 100.0,
+            mean(|s| s.origin_use) * 100.0,
+        );
+    }
+    out
+}
+
+/// What the agents' request metrics say (see `shoal_engine::ShardStats`): mean time a
+/// request waited to leave, mean time to its piece's header, and where the bytes came from.
+fn request_line(counters: &serde_json::Value) -> Option<String> {
+    if let Some(error) = counters["error"].as_str() {
+        return Some(format!("metrics not read: {error}"));
+    }
+    let agents = &counters["agents"];
+    let get = |key: &str| agents[key].as_f64();
+    let sent = get("shoal_piece_requests_sent_total")?;
+    let answered = get("shoal_piece_requests_answered_total")?;
+    Some(format!(
+        "agents sent {sent:.0} requests, each waited {:.1} ms on average to leave and {:.1} ms \
+         more for its piece's header ({answered:.0} timed); agents received {:.0} MiB from \
+         agents, {:.0} MiB from origins",
+        get("shoal_piece_request_queue_seconds_total")? * 1000.0 / sent.max(1.0),
+        get("shoal_piece_request_answer_seconds_total")? * 1000.0 / answered.max(1.0),
+        get(r#"shoal_piece_bytes_received_total{peer="agent"}"#)? / MIB,
+        get(r#"shoal_piece_bytes_received_total{peer="origin"}"#)? / MIB,
+    ))
 }
 
 /// Colours of the systems' curves.

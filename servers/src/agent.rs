@@ -18,6 +18,7 @@
 //!   headers dropped. Without a proxy: 503 `UNAVAILABLE` (a blob `DELETE`: 405).
 //! - Mirror mode: a request with containerd's `?ns=<registry>` is served for repository
 //!   `<registry>/<name>` ([`mirrored_path`]).
+//! - `GET /metrics` → the engine's counters, Prometheus text ([`crate::http::metrics`]).
 //!
 //! Blobs are content-addressed and shared by every repository: the repository name is
 //! checked against the grammar but does not restrict which blobs it can read. It travels
@@ -45,6 +46,7 @@ use shoal_proto::tracker_wire::Repository;
 pub use crate::http::blob::CONTENT_DIGEST_HEADER;
 use crate::http::blob::{blob_response, engine_error};
 use crate::http::client::{ClientBody, HttpClient};
+use crate::http::metrics::{METRICS_PATH, metrics_response};
 use crate::http::route::Route;
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed, query};
 use crate::manifests;
@@ -139,6 +141,9 @@ impl Agent {
         let query = parts.uri.query().unwrap_or("");
         let read = method == Method::GET || method == Method::HEAD;
         let head = method == Method::HEAD;
+        if parts.uri.path() == METRICS_PATH {
+            return Ok(metrics_response(method, &self.engine.stats()));
+        }
         let path = mirrored_path(parts.uri.path(), query);
         match Route::parse(&path)? {
             Route::Base if read => {

@@ -37,6 +37,7 @@
 //!   client checking a blob before a push then uploads it. One whose backend answered
 //!   wrongly (bytes that do not hash to the digest, a refused login) or that cannot be
 //!   ingested is 503 `UNAVAILABLE` with the reason. Nothing of a failed fetch is kept.
+//! - `GET /metrics`: the engine's counters, Prometheus text ([`crate::http::metrics`]).
 //! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
 //!   methods, 400 `DIGEST_INVALID` for a malformed digest.
 //!
@@ -71,6 +72,7 @@ use crate::build_index::validate_repository;
 use crate::cluster::{HEALTH_PATH, OriginCluster};
 use crate::http::blob::{CONTENT_DIGEST_HEADER, blob_response, engine_error, header_value};
 use crate::http::client::{ClientBody, ClientConfig, HttpClient};
+use crate::http::metrics::{METRICS_PATH, metrics_response};
 use crate::http::query;
 use crate::http::route::parse_digest;
 use crate::http::{ErrorCode, Handler, LocalBody, OciError, method_not_allowed};
@@ -389,6 +391,9 @@ impl Origin {
     async fn route(&self, parts: &Parts, body: Incoming) -> Result<Response<LocalBody>, OciError> {
         let path = parts.uri.path();
         let method = &parts.method;
+        if path == METRICS_PATH {
+            return Ok(metrics_response(method, &self.engine.stats()));
+        }
         if path == HEALTH_PATH {
             return if method == Method::GET || method == Method::HEAD {
                 Ok(Response::new(LocalBody::empty()))

@@ -63,6 +63,39 @@ fn push_through_the_agent_then_pull_from_it() {
         assert!(fixture.agent.store().has_blob(&blob_digest));
     }
 
+    // The engine's counters saw it: Prometheus text, one series per shard.
+    let reply = curl(&[&fixture.url("/metrics")]);
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        reply.header("content-type")
+    );
+    let text = String::from_utf8(reply.body.clone()).unwrap();
+    let sum = |prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let layer_bytes = (config.len() + layer.len()) as f64;
+    assert_eq!(
+        sum("shoal_piece_bytes_received_total{"),
+        layer_bytes,
+        "{text}"
+    );
+    assert!(sum("shoal_pieces_verified_total") >= 2.0, "{text}");
+    assert!(
+        sum("shoal_piece_requests_sent_total") >= sum("shoal_pieces_verified_total"),
+        "{text}"
+    );
+    assert!(sum("shoal_piece_requests_answered_total") >= 2.0, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let reply = curl(&["-X", "POST", &fixture.url("/metrics")]);
+    assert_eq!(reply.status, 405);
+
     // Tags, paginated with the Link rewritten to the public path.
     let reply = fixture.put_manifest(name, "v2", OCI_MANIFEST, &manifest);
     assert_eq!(reply.status, 201);

@@ -7,11 +7,11 @@ use std::rc::Rc;
 
 use compio::net::TcpStream;
 use futures_util::future::{Either, select};
-use shoal_proto::PeerId;
 use shoal_proto::swarm::{ConnHandle, Direction, PieceDisposition, PieceVerdict};
 use shoal_proto::wire::{Handshake, Message, PieceHeader};
+use shoal_proto::{Instant, PeerId, PieceIndex};
 
-use super::stripe::{ConnSlot, Stripe};
+use super::stripe::{ConnSlot, REQUESTS_TIMED_MAX, Stripe};
 use crate::engine::ConnPermit;
 use crate::stats::{self, PeerKind};
 use crate::transport::{PeerConn, PeerReader, PeerWriter, Verdict};
@@ -191,6 +191,7 @@ async fn read_loop(
         let message = received.map_err(|e| e.to_string())?;
         match message {
             Message::Piece(header) => {
+                note_answer(stripe, slot, header.piece);
                 let disposition =
                     stripe.input(|state, now| state.swarm.handle_piece_header(now, handle, header));
                 match disposition {
@@ -296,12 +297,12 @@ async fn write_loop(
     mut writer: PeerWriter,
 ) {
     loop {
-        let message = loop {
+        let (message, queued) = loop {
             if slot.closed.get() {
                 return;
             }
-            if let Some(message) = slot.outbox.borrow_mut().pop_front() {
-                break message;
+            if let Some(entry) = slot.outbox.borrow_mut().pop_front() {
+                break entry;
             }
             let listener = slot.wake.listen();
             if slot.closed.get() || !slot.outbox.borrow().is_empty() {
@@ -313,7 +314,12 @@ async fn write_loop(
             Message::Piece(header) => send_piece(&stripe, handle, &slot, &mut writer, header).await,
             other => match unless_closed(&slot, writer.send_message(&other)).await {
                 None => return,
-                Some(result) => result.map_err(|e| e.to_string()),
+                Some(result) => {
+                    if let (Ok(()), Message::Request(piece)) = (&result, &other) {
+                        note_request(&stripe, &slot, *piece, queued);
+                    }
+                    result.map_err(|e| e.to_string())
+                }
             },
         };
         if let Err(error) = sent {
@@ -322,6 +328,44 @@ async fn write_loop(
             return;
         }
     }
+}
+
+/// A request reached the socket: how long it waited, and when, to time its answer.
+fn note_request(stripe: &Stripe, slot: &ConnSlot, piece: PieceIndex, queued: Instant) {
+    let now = stripe.shard.engine.clock.now();
+    let counters = stripe.shard.counters();
+    stats::add(&counters.requests_sent, 1);
+    stats::add(
+        &counters.request_queue_us,
+        micros(now.saturating_duration_since(queued)),
+    );
+    let mut requested = slot.requested.borrow_mut();
+    if requested.len() == REQUESTS_TIMED_MAX {
+        requested.pop_front();
+    }
+    requested.push_back((piece, now));
+}
+
+/// A piece header arrived: if this connection requested it, how long the answer took.
+fn note_answer(stripe: &Stripe, slot: &ConnSlot, piece: PieceIndex) {
+    let mut requested = slot.requested.borrow_mut();
+    let Some(at) = requested.iter().position(|(p, _)| *p == piece) else {
+        return;
+    };
+    let Some((_, sent)) = requested.remove(at) else {
+        return;
+    };
+    let now = stripe.shard.engine.clock.now();
+    let counters = stripe.shard.counters();
+    stats::add(&counters.requests_answered, 1);
+    stats::add(
+        &counters.request_answer_us,
+        micros(now.saturating_duration_since(sent)),
+    );
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 async fn send_piece(

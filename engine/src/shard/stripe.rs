@@ -25,18 +25,27 @@ use std::rc::Rc;
 use event_listener::Event;
 use shoal_proto::swarm::{CloseReason, ConnHandle, Event as SwarmEvent, Swarm};
 use shoal_proto::wire::Message;
-use shoal_proto::{Instant, PeerId};
+use shoal_proto::{Instant, PeerId, PieceIndex};
 
 use super::Shard;
 use super::blob::BlobIo;
 use crate::engine::ConnPermit;
 use crate::stats::{self, PeerKind};
 
+/// Requests per connection whose answer time is measured (see [`ConnSlot::requested`]).
+pub(crate) const REQUESTS_TIMED_MAX: usize = 16;
+
 /// One connection's state shared by the stripe and its two tasks.
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
-    /// Messages the swarm queued, oldest first (bounded by the swarm: see the module docs).
-    pub outbox: RefCell<VecDeque<Message>>,
+    /// Messages the swarm queued, oldest first, each with when it was queued (bounded by the
+    /// swarm: see the module docs).
+    pub outbox: RefCell<VecDeque<(Message, Instant)>>,
+    /// Requests written on this connection and not yet answered by a piece header, with when
+    /// they were written; for the request latency counters only. At most
+    /// [`REQUESTS_TIMED_MAX`] (the oldest are forgotten: rejected or cancelled requests are
+    /// never answered).
+    pub requested: RefCell<VecDeque<(PieceIndex, Instant)>>,
     /// Notified when the outbox gains a message or the connection closes.
     pub wake: Event,
     pub closed: Cell<bool>,
@@ -50,6 +59,7 @@ impl ConnSlot {
     pub fn new(permit: ConnPermit) -> ConnSlot {
         ConnSlot {
             outbox: RefCell::new(VecDeque::new()),
+            requested: RefCell::new(VecDeque::new()),
             wake: Event::new(),
             closed: Cell::new(false),
             kind: Cell::new(PeerKind::Agent),
@@ -132,7 +142,7 @@ impl Stripe {
         let (result, effects) = {
             let mut state = self.state.borrow_mut();
             let result = f(&mut state, now);
-            let effects = self.drain(&mut state);
+            let effects = self.drain(&mut state, now);
             (result, effects)
         };
         self.apply(effects);
@@ -140,12 +150,12 @@ impl Stripe {
     }
 
     /// Drains transmits, events and the timeout, in that order. Never awaits.
-    fn drain(&self, state: &mut StripeState) -> Effects {
+    fn drain(&self, state: &mut StripeState, now: Instant) -> Effects {
         let mut effects = Effects::default();
         while let Some(transmit) = state.swarm.poll_transmit() {
             match state.conns.get(&transmit.conn) {
                 Some(slot) => {
-                    slot.outbox.borrow_mut().push_back(transmit.message);
+                    slot.outbox.borrow_mut().push_back((transmit.message, now));
                     slot.wake.notify(usize::MAX);
                 }
                 None => debug_assert!(false, "transmit for unknown {:?}", transmit.conn),

@@ -229,6 +229,8 @@ fn run(cli: &Cli) -> Result<bool, String> {
             cores_busy: 0.0,
             cores_busy_before: 0.0,
             pull_wall_s: 0.0,
+            timeline: Vec::new(),
+            engine_counters: None,
         });
         figures.push(Figures::new(&scenario, result));
     }

@@ -18,6 +18,7 @@ pub mod blob;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod metrics;
 pub mod query;
 pub mod range;
 pub mod route;
