@@ -126,8 +126,14 @@ pub struct LinkSample {
     pub t_s: f64,
     /// Hosts that pulled during some of the interval.
     pub pulling: usize,
-    /// What those hosts received, over the sum of their download caps.
+    /// What reached those hosts' links, over the sum of their download caps: what their
+    /// caps let through plus what they dropped (TCP sends it again).
     pub download_use: f64,
+    /// Of the TCP segments the hosts sent (payload and retransmissions, all hosts with a
+    /// live client at both ends of the interval), the share that were retransmissions:
+    /// what the caps' queues dropped (and what TCP resent early), from each host's
+    /// `/proc/<pid>/net/snmp`, read through a process living in its namespace.
+    pub retransmitted: f64,
     /// What every emulated host sent, over the sum of their upload caps.
     pub upload_use: f64,
     /// What the origin's host sent, over its upload cap.
@@ -213,6 +219,36 @@ fn until_ok<T>(
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
+}
+
+/// Per host, the TCP segments it has sent so far and how many of them were retransmissions
+/// (`/proc/<pid>/net/snmp` of the host's first live client process, which lives in the host's
+/// namespace), if such a process exists.
+fn tcp_segments(clients: &mut [Client], hosts: usize) -> Vec<Option<(u64, u64)>> {
+    let mut segments = vec![None; hosts];
+    for client in clients.iter_mut() {
+        if segments[client.host].is_some() || !matches!(client.child.try_wait(), Ok(None)) {
+            continue;
+        }
+        let path = format!("/proc/{}/net/snmp", client.child.id());
+        segments[client.host] = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| out_and_retrans_segs(&text));
+    }
+    segments
+}
+
+/// `Tcp: OutSegs` and `Tcp: RetransSegs` of a `/proc/net/snmp` table (a line of names, then
+/// a line of values).
+fn out_and_retrans_segs(text: &str) -> Option<(u64, u64)> {
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let names: Vec<&str> = tcp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = tcp.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let at = names.iter().position(|n| *n == name)?;
+        values.get(at)?.parse().ok()
+    };
+    Some((get("OutSegs")?, get("RetransSegs")?))
 }
 
 /// Every series of a Prometheus text exposition summed over its `shard` label: the series
@@ -471,11 +507,16 @@ impl Bench<'_> {
         let start = Instant::now();
         let limit = Duration::from_secs_f64(scenario.time_limit_s + scenario.late_join_at_s);
         let mut timeline = Vec::new();
-        let mut last_sample = (start, self.net.link_bytes().ok());
+        let mut last_sample = (
+            start,
+            self.net.link_bytes().ok(),
+            tcp_segments(clients, scenario.hosts),
+        );
         loop {
             let now = Instant::now();
             if now >= last_sample.0 + LINK_SAMPLE_INTERVAL {
                 let bytes = self.net.link_bytes().ok();
+                let segments = tcp_segments(clients, scenario.hosts);
                 if let (Some(before), Some(after)) = (&last_sample.1, &bytes) {
                     let pulling: Vec<bool> = (0..scenario.hosts)
                         .map(|host| {
@@ -484,15 +525,29 @@ impl Bench<'_> {
                                 .any(|c| c.host == host && c.pulled_during(last_sample.0, now))
                         })
                         .collect();
-                    timeline.push(self.link_sample(
+                    let dt_s = (now - last_sample.0).as_secs_f64();
+                    let mut sample = self.link_sample(
                         (now - start).as_secs_f64(),
-                        (now - last_sample.0).as_secs_f64(),
+                        dt_s,
                         &pulling,
                         before,
                         after,
-                    ));
+                    );
+                    let (mut sent, mut resent) = (0u64, 0u64);
+                    for (before, after) in last_sample.2.iter().zip(&segments) {
+                        if let (Some(b), Some(a)) = (before, after) {
+                            sent += a.0.saturating_sub(b.0);
+                            resent += a.1.saturating_sub(b.1);
+                        }
+                    }
+                    sample.retransmitted = if sent > 0 {
+                        resent as f64 / sent as f64
+                    } else {
+                        0.0
+                    };
+                    timeline.push(sample);
                 }
-                last_sample = (now, bytes);
+                last_sample = (now, bytes, segments);
             }
             let mut all_done = true;
             for client in clients.iter_mut() {
@@ -587,6 +642,7 @@ impl Bench<'_> {
                 received,
                 n_pulling as f64 * scenario.host_download_bytes_per_s * dt_s,
             ),
+            retransmitted: 0.0,
             upload_use: fraction(sent, hosts as f64 * scenario.host_upload_bytes_per_s * dt_s),
             origin_use: fraction(moved(hosts).0, scenario.origin_upload_bytes_per_s * dt_s),
         }
@@ -1101,6 +1157,16 @@ mod tests {
             "4294967295 33554432"
         );
         assert_eq!(cksum_line("12 34\n"), "12 34");
+    }
+
+    #[test]
+    fn tcp_segments_come_from_the_named_columns() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm RtoMin InSegs OutSegs RetransSegs InErrs\n\
+                    Tcp: 1 200 5 228165 1132 0\nUdp: InDatagrams\nUdp: 3\n";
+        assert_eq!(out_and_retrans_segs(text), Some((228_165, 1132)));
+        assert_eq!(out_and_retrans_segs("Tcp: OutSegs\n"), None);
+        assert_eq!(out_and_retrans_segs(""), None);
     }
 
     #[test]

@@ -115,6 +115,7 @@ impl Figures {
                 "t_s": s.t_s,
                 "pulling": s.pulling,
                 "download_use": s.download_use,
+                "retransmitted": s.retransmitted,
                 "upload_use": s.upload_use,
                 "origin_use": s.origin_use,
             })).collect::<Vec<_>>(),
@@ -239,8 +240,8 @@ fn timeline_table(f: &Figures) -> String {
     let per_row = samples.len().div_ceil(TIMELINE_ROWS_MAX);
     let mut out = format!(
         "\n{}: link use over the pull (bytes moved over the caps' allowance, frames included)\n\n\
-         | until s | hosts pulling | their downlinks | all uplinks | origin uplink |\n\
-         |---|---|---|---|---|\n",
+         | until s | hosts pulling | their downlinks | all uplinks | origin uplink | hosts' segments resent |\n\
+         |---|---|---|---|---|---|\n",
         f.system.name()
     );
     for row in samples.chunks(per_row) {
@@ -249,12 +250,13 @@ fn timeline_table(f: &Figures) -> String {
         let last = row[row.len() - 1];
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {:.0}% | {:.0}% | {:.0}% |",
+            "| {:.0} | {} | {:.0}% | {:.0}% | {:.0}% | {:.1}% |",
             last.t_s,
             row[0].pulling,
             mean(|s| s.download_use) * 100.0,
             mean(|s| s.upload_use) * 100.0,
             mean(|s| s.origin_use) * 100.0,
+            mean(|s| s.retransmitted) * 100.0,
         );
     }
     out

@@ -340,6 +340,8 @@ fn note_request(stripe: &Stripe, slot: &ConnSlot, piece: PieceIndex, queued: Ins
         micros(now.saturating_duration_since(queued)),
     );
     let mut requested = slot.requested.borrow_mut();
+    // A piece asked again (after a Reject, say) is timed from the new request.
+    requested.retain(|(p, _)| *p != piece);
     if requested.len() == REQUESTS_TIMED_MAX {
         requested.pop_front();
     }
