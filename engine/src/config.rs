@@ -57,6 +57,11 @@ pub struct EngineConfig {
     /// Ingress limit for piece downloads, bytes per second (`None`: unlimited).
     pub ingress_bytes_per_s: Option<u64>,
     pub upload_path: UploadPath,
+    /// Congestion control of peer connections (`TCP_CONGESTION`: `reno`, `cubic`, `bbr`, any
+    /// the kernel lists in `net.ipv4.tcp_available_congestion_control`); `None`: the system's
+    /// default. Set on the peer listeners (accepted connections inherit it) and on every
+    /// dialled connection; `Engine::start` fails if the kernel refuses it.
+    pub tcp_congestion: Option<String>,
     /// Piece payloads being received on one shard hold at most this many bytes of buffers;
     /// a connection waits for room before it reads a payload (TCP holds the rest back). A
     /// piece larger than this is still received, alone.
@@ -100,6 +105,7 @@ impl EngineConfig {
             egress_bytes_per_s: None,
             ingress_bytes_per_s: None,
             upload_path: UploadPath::Splice,
+            tcp_congestion: None,
             receive_buffer_bytes_per_shard: 16 << 20,
             dial_timeout: Duration::from_secs(3),
             accept_handshake_timeout: Duration::from_secs(10),
@@ -151,6 +157,9 @@ impl EngineConfig {
         if self.receive_buffer_bytes_per_shard == 0 {
             return Err("receive_buffer_bytes_per_shard must be positive".into());
         }
+        if let Some(name) = &self.tcp_congestion {
+            check_tcp_congestion(name).map_err(|e| format!("tcp_congestion: {e}"))?;
+        }
         if self.swarm_blobs_max == 0 {
             return Err("swarm_blobs_max must be positive".into());
         }
@@ -164,6 +173,36 @@ impl EngineConfig {
         self.store.validate().map_err(|e| e.to_string())?;
         Ok(())
     }
+}
+
+/// Longest congestion control name the kernel takes (`TCP_CA_NAME_MAX` less its NUL).
+const TCP_CONGESTION_NAME_MAX: usize = 15;
+
+/// `Ok` if the kernel lets a socket use congestion control `name`, else why not, with the
+/// names it has.
+pub fn check_tcp_congestion(name: &str) -> Result<(), String> {
+    let available = || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned())
+    };
+    if name.is_empty()
+        || name.len() > TCP_CONGESTION_NAME_MAX
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!(
+            "{name:?} is not a congestion control name (available: {})",
+            available()
+        ));
+    }
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .map_err(|e| format!("a socket to try {name:?} on: {e}"))?;
+    socket.set_tcp_congestion(name.as_bytes()).map_err(|e| {
+        format!(
+            "the kernel refuses {name:?}: {e} (available: {})",
+            available()
+        )
+    })
 }
 
 #[cfg(test)]

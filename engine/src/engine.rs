@@ -481,8 +481,10 @@ impl Engine {
         config.validate().map_err(EngineError::Config)?;
         let n_shards = config.n_shards();
         let store = open_store(&config)?;
-        let listeners = bind_listeners(config.listen, n_shards)
-            .map_err(|e| EngineError::Startup(format!("listening on {}: {e}", config.listen)))?;
+        let listeners = bind_listeners(config.listen, n_shards, config.tcp_congestion.as_deref())
+            .map_err(|e| {
+            EngineError::Startup(format!("listening on {}: {e}", config.listen))
+        })?;
         let listen_addr = listeners[0]
             .local_addr()
             .map_err(|e| EngineError::Startup(e.to_string()))?;
@@ -1081,6 +1083,7 @@ fn open_store(config: &EngineConfig) -> Result<Store, EngineError> {
 fn bind_listeners(
     addr: SocketAddr,
     n_shards: usize,
+    tcp_congestion: Option<&str>,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::with_capacity(n_shards);
     let mut addr = addr;
@@ -1092,6 +1095,9 @@ fn bind_listeners(
         )?;
         socket.set_reuse_port(true)?;
         socket.set_reuse_address(true)?;
+        if let Some(name) = tcp_congestion {
+            socket.set_tcp_congestion(name.as_bytes())?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         let listener = std::net::TcpListener::from(socket);

@@ -286,3 +286,72 @@ fn the_swarm_holds_at_most_swarm_blobs_max_blobs() {
     getter.shutdown();
     seeder.shutdown();
 }
+
+#[test]
+fn peer_connections_use_the_configured_congestion_control() {
+    let dir = Dir::new("congestion");
+    let tracker = tracker();
+    // A name the kernel does not have is refused at start, with what it has.
+    let mut config = EngineConfig::new(dir.path().join("refused"), vec![tracker]);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.tcp_congestion = Some("no_such_cc".to_owned());
+    match Engine::start(config) {
+        Err(EngineError::Config(message)) => {
+            assert!(
+                message.contains("no_such_cc") && message.contains("available"),
+                "{message}"
+            );
+        }
+        other => panic!("started with an unknown congestion control: {other:?}"),
+    }
+    // Reno (always built in) on both sides: the seeder's accepted connection inherits it
+    // from the listener, the getter sets it on the one it dials. The transfer is slowed down
+    // so that `ss` sees the connection while it runs.
+    let (path, bytes) = blob_file(dir.path(), 24 << 20, 5);
+    let reno = |c: &mut EngineConfig| c.tcp_congestion = Some("reno".to_owned());
+    let seeder = engine(dir.path(), "seeder", tracker, |c| {
+        reno(c);
+        c.egress_bytes_per_s = Some(6 << 20);
+    });
+    let getter = engine(dir.path(), "getter", tracker, reno);
+    let port = seeder.listen_addr().port();
+    run(async {
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        getter.fetch(&digest).await.unwrap();
+        let mut seen = None;
+        for _ in 0..200 {
+            let output = std::process::Command::new("ss")
+                .args([
+                    "-tinH",
+                    "state",
+                    "established",
+                    &format!("( sport = :{port} or dport = :{port} )"),
+                ])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            // Per connection, a line of addresses and a line of TCP info naming its
+            // congestion control: both ends of the one peer connection.
+            let infos: Vec<&str> = text.lines().filter(|l| l.contains("rtt:")).collect();
+            if infos.len() >= 2 {
+                seen = Some(text.clone());
+                assert!(
+                    infos.iter().all(|l| l.trim_start().starts_with("reno")),
+                    "{text}"
+                );
+                break;
+            }
+            if getter.store().has_blob(&digest) {
+                break;
+            }
+            compio::runtime::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(seen.is_some(), "ss never saw the peer connection");
+        getter.wait_complete(&digest).await.unwrap();
+        let read = read_all(getter.open(&digest, None).await.unwrap()).await;
+        assert!(read == bytes, "copy differs");
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}

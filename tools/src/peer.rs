@@ -88,6 +88,10 @@ pub struct EngineArgs {
     /// origin].
     #[arg(long)]
     uploads_per_stripe: Option<usize>,
+    /// Congestion control of peer connections (`reno`, `cubic`, `bbr`: one the kernel lists
+    /// in net.ipv4.tcp_available_congestion_control) [default: the system's].
+    #[arg(long)]
+    tcp_congestion: Option<String>,
     /// Skip re-hashing a downloaded blob against its digest at completion (every piece is
     /// still checked against the metainfo's SHA-256 as it arrives; this only stops guarding
     /// against a metainfo that does not describe its digest). Saves one SHA-256 pass.
@@ -183,6 +187,11 @@ impl EngineArgs {
         if let Some(n) = self.uploads_per_stripe {
             config.swarm.uploads_active_max =
                 check_uploads_per_stripe(n).map_err(|e| format!("--uploads-per-stripe: {e}"))?;
+        }
+        if let Some(name) = &self.tcp_congestion {
+            shoal_engine::config::check_tcp_congestion(name)
+                .map_err(|e| format!("--tcp-congestion: {e}"))?;
+            config.tcp_congestion = Some(name.clone());
         }
         if self.no_verify_digest {
             config.store.verify_digest_on_complete = false;

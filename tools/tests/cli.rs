@@ -322,6 +322,18 @@ fn config_files_with_unknown_keys_or_bad_values_are_refused_naming_key_file_and_
         ),
         (
             "agent",
+            format!("{engine}tcp_congestion = \"warp\"\n"),
+            "engine.tcp_congestion",
+            None,
+        ),
+        (
+            "origin",
+            format!("{engine}tcp_congestion = \"\"\n"),
+            "engine.tcp_congestion",
+            None,
+        ),
+        (
+            "agent",
             "[agent]\nproxy = \"127.0.0.1\"\n".into(),
             "proxy",
             None,

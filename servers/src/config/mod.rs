@@ -123,6 +123,7 @@ pub struct EngineSection {
     pub connections_per_blob_max: Option<usize>,
     pub swarm_blobs_max: Option<usize>,
     pub uploads_per_stripe: Option<usize>,
+    pub tcp_congestion: Option<String>,
     pub receive_buffer_per_shard: Option<Bytes>,
     pub tracker_timeout: Option<Span>,
     pub dial_timeout: Option<Span>,
@@ -225,6 +226,11 @@ impl EngineSection {
         if let Some(n) = self.uploads_per_stripe {
             config.swarm.uploads_active_max = check_uploads_per_stripe(n)
                 .map_err(|e| format!("engine.uploads_per_stripe: {e}"))?;
+        }
+        if let Some(name) = &self.tcp_congestion {
+            shoal_engine::config::check_tcp_congestion(name)
+                .map_err(|e| format!("engine.tcp_congestion: {e}"))?;
+            config.tcp_congestion = Some(name.clone());
         }
         if let Some(bytes) = self.receive_buffer_per_shard {
             config.receive_buffer_bytes_per_shard = usize::try_from(bytes.0)

@@ -371,3 +371,19 @@ fn tracker_shards_and_origins_reach_the_server_config() {
         }
     }
 }
+
+#[test]
+fn tcp_congestion_is_checked_against_the_kernel() {
+    let file: AgentFile =
+        parse(Path::new("t.toml"), "[engine]\ntcp_congestion = \"reno\"\n").unwrap();
+    let mut config = engine_defaults();
+    file.engine.apply(&mut config).unwrap();
+    assert_eq!(config.tcp_congestion.as_deref(), Some("reno"));
+    for bad in ["no_such_cc", "", "re no"] {
+        let text = format!("[engine]\ntcp_congestion = \"{bad}\"\n");
+        let file: AgentFile = parse(Path::new("t.toml"), &text).unwrap();
+        let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
+        assert!(error.contains("engine.tcp_congestion"), "{error}");
+        assert!(error.contains("available"), "{error}");
+    }
+}
