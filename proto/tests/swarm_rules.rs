@@ -1315,6 +1315,28 @@ fn a_piece_a_reader_waits_for_is_requested_first_then_rarest_first_resumes() {
     }
 }
 
+/// A swarm of six pieces with one agent holding pieces 0–2 and one origin: the pieces the
+/// origin is asked for, in order, until the swarm is complete (the agent answering its
+/// requests too if `serve_agent`).
+fn asked_of_the_origin(cfg: SwarmConfig, serve_agent: bool) -> Vec<usize> {
+    let mut rig = Rig::new(cfg, 6, &[]);
+    let agent_conn = rig.connect(5, &[0, 1, 2]);
+    let origin_conn = rig.connect_origin(50);
+    let mut asked = Vec::new();
+    for _ in 0..STEPS_MAX {
+        asked.extend(requests(&rig.take_transmits(), origin_conn));
+        if rig.swarm.is_complete() {
+            break;
+        }
+        if serve_agent {
+            rig.serve_one(agent_conn);
+        }
+        rig.serve_one(origin_conn);
+    }
+    assert!(rig.swarm.is_complete(), "{asked:?}");
+    asked
+}
+
 #[test]
 fn origins_as_last_resort_are_asked_only_for_pieces_no_agent_has() {
     for seed in 0..8 {
@@ -1325,19 +1347,7 @@ fn origins_as_last_resort_are_asked_only_for_pieces_no_agent_has() {
             ..config()
         };
         // While the agent is connected, the origin serves only the pieces it lacks.
-        let mut rig = Rig::new(cfg.clone(), 6, &[]);
-        let agent_conn = rig.connect(5, &[0, 1, 2]);
-        let origin_conn = rig.connect_origin(50);
-        let mut asked = Vec::new();
-        for _ in 0..STEPS_MAX {
-            asked.extend(requests(&rig.take_transmits(), origin_conn));
-            if rig.swarm.is_complete() {
-                break;
-            }
-            rig.serve_one(agent_conn);
-            rig.serve_one(origin_conn);
-        }
-        assert!(rig.swarm.is_complete());
+        let mut asked = asked_of_the_origin(cfg.clone(), true);
         asked.sort_unstable();
         assert_eq!(asked, vec![3, 4, 5], "seed {seed}");
         // When the agent leaves, the origin is asked for the rest.
@@ -1362,18 +1372,7 @@ fn origins_are_asked_rarest_first_like_any_peer() {
         };
         // The agent is never served: everything comes from the origin, the pieces nobody
         // else has first, then the agent's too.
-        let mut rig = Rig::new(cfg, 6, &[]);
-        let _agent_conn = rig.connect(5, &[0, 1, 2]);
-        let origin_conn = rig.connect_origin(50);
-        let mut asked = Vec::new();
-        for _ in 0..STEPS_MAX {
-            asked.extend(requests(&rig.take_transmits(), origin_conn));
-            if rig.swarm.is_complete() {
-                break;
-            }
-            rig.serve_one(origin_conn);
-        }
-        assert!(rig.swarm.is_complete(), "seed {seed}");
+        let asked = asked_of_the_origin(cfg, false);
         let mut rare_first = asked[..3].to_vec();
         rare_first.sort_unstable();
         assert_eq!(rare_first, vec![3, 4, 5], "seed {seed}: {asked:?}");
