@@ -800,6 +800,12 @@ impl Bench<'_> {
         )?;
         tracker.line_starting("tracker listening on ", START_WAIT_MAX)?;
         let origin_shards = scenario.origin_shards.to_string();
+        // `--tcp-congestion NAME` for the origin and every agent, if the scenario sets it.
+        let congestion: Vec<String> = scenario
+            .tcp_congestion
+            .iter()
+            .flat_map(|name| ["--tcp-congestion".to_owned(), name.clone()])
+            .collect();
         let mut origin = start_in(
             ORIGIN_NS,
             "origin",
@@ -817,7 +823,10 @@ impl Bench<'_> {
                 "--shards",
                 &origin_shards,
                 "--no-pin",
-            ]),
+            ])
+            .into_iter()
+            .chain(congestion.iter().cloned())
+            .collect::<Vec<_>>(),
             &envs,
             dir,
         )?;
@@ -879,7 +888,10 @@ impl Bench<'_> {
                     "--shards",
                     &agent_shards,
                     "--no-pin",
-                ]),
+                ])
+                .into_iter()
+                .chain(congestion.iter().cloned())
+                .collect::<Vec<_>>(),
                 &envs,
                 dir,
             )?);

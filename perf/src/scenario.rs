@@ -68,6 +68,9 @@ pub struct Scenario {
     /// Engine shard threads per agent and for the origin.
     pub agent_shards: usize,
     pub origin_shards: usize,
+    /// Congestion control of Shoal's peer connections (`--tcp-congestion` of every agent and
+    /// the origin); `None`: the system's default, as the baselines get.
+    pub tcp_congestion: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +126,8 @@ struct ShoalFile {
     agent_shards: Option<usize>,
     #[serde(default)]
     origin_shards: Option<usize>,
+    #[serde(default)]
+    tcp_congestion: Option<String>,
 }
 
 impl Scenario {
@@ -242,6 +247,14 @@ impl Scenario {
             late_join_at_s,
             agent_shards: shards("agent_shards", file.shoal.agent_shards)?,
             origin_shards: shards("origin_shards", file.shoal.origin_shards)?,
+            tcp_congestion: match file.shoal.tcp_congestion {
+                Some(name) => {
+                    shoal_engine::config::check_tcp_congestion(&name)
+                        .map_err(|e| format!("shoal.tcp_congestion = {name:?}: {e}"))?;
+                    Some(name)
+                }
+                None => None,
+            },
         })
     }
 
@@ -339,6 +352,16 @@ mod tests {
             "count = 32\nlate_join_fraction = 1.5",
             "late_join_fraction",
         );
+        check(
+            "[[blobs]]",
+            "[shoal]\ntcp_congestion = \"warp\"\n[[blobs]]",
+            "shoal.tcp_congestion",
+        );
+        let text = STANDARD.replace("[[blobs]]", "[shoal]\ntcp_congestion = \"reno\"\n[[blobs]]");
+        let scenario = Scenario::parse(&text, "x").expect(&text);
+        assert_eq!(scenario.tcp_congestion.as_deref(), Some("reno"));
+        let scenario = Scenario::parse(STANDARD, "x").expect("parses");
+        assert_eq!(scenario.tcp_congestion, None);
     }
 
     #[test]
