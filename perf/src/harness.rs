@@ -140,6 +140,16 @@ pub struct LinkSample {
     pub origin_use: f64,
 }
 
+/// One reading of the counters the link-use timeline is made from.
+#[derive(Debug)]
+struct LinkCounters {
+    at: Instant,
+    /// [`Net::link_bytes`], if it could be read.
+    bytes: Option<Vec<(u64, u64)>>,
+    /// [`tcp_segments`].
+    segments: Vec<Option<(u64, u64)>>,
+}
+
 /// What one system achieved.
 #[derive(Debug, Clone)]
 pub struct SystemResult {
@@ -507,47 +517,22 @@ impl Bench<'_> {
         let start = Instant::now();
         let limit = Duration::from_secs_f64(scenario.time_limit_s + scenario.late_join_at_s);
         let mut timeline = Vec::new();
-        let mut last_sample = (
-            start,
-            self.net.link_bytes().ok(),
-            tcp_segments(clients, scenario.hosts),
-        );
+        let mut last_sample = self.link_counters(start, clients);
         loop {
             let now = Instant::now();
-            if now >= last_sample.0 + LINK_SAMPLE_INTERVAL {
-                let bytes = self.net.link_bytes().ok();
-                let segments = tcp_segments(clients, scenario.hosts);
-                if let (Some(before), Some(after)) = (&last_sample.1, &bytes) {
-                    let pulling: Vec<bool> = (0..scenario.hosts)
-                        .map(|host| {
-                            clients
-                                .iter()
-                                .any(|c| c.host == host && c.pulled_during(last_sample.0, now))
-                        })
-                        .collect();
-                    let dt_s = (now - last_sample.0).as_secs_f64();
-                    let mut sample = self.link_sample(
-                        (now - start).as_secs_f64(),
-                        dt_s,
-                        &pulling,
-                        before,
-                        after,
-                    );
-                    let (mut sent, mut resent) = (0u64, 0u64);
-                    for (before, after) in last_sample.2.iter().zip(&segments) {
-                        if let (Some(b), Some(a)) = (before, after) {
-                            sent += a.0.saturating_sub(b.0);
-                            resent += a.1.saturating_sub(b.1);
-                        }
-                    }
-                    sample.retransmitted = if sent > 0 {
-                        resent as f64 / sent as f64
-                    } else {
-                        0.0
-                    };
+            if now >= last_sample.at + LINK_SAMPLE_INTERVAL {
+                let counters = self.link_counters(now, clients);
+                let pulling: Vec<bool> = (0..scenario.hosts)
+                    .map(|host| {
+                        clients
+                            .iter()
+                            .any(|c| c.host == host && c.pulled_during(last_sample.at, now))
+                    })
+                    .collect();
+                if let Some(sample) = self.link_sample(start, &last_sample, &counters, &pulling) {
                     timeline.push(sample);
                 }
-                last_sample = (now, bytes, segments);
+                last_sample = counters;
             }
             let mut all_done = true;
             for client in clients.iter_mut() {
@@ -614,38 +599,58 @@ impl Bench<'_> {
         })
     }
 
-    /// One [`LinkSample`] from the link counters at the start and end of an interval of
-    /// `dt_s` seconds; `pulling[h]` says whether host `h` was pulling.
+    /// Every link's byte counters and every host's TCP segment counters, now.
+    fn link_counters(&self, at: Instant, clients: &mut [Client]) -> LinkCounters {
+        LinkCounters {
+            at,
+            bytes: self.net.link_bytes().ok(),
+            segments: tcp_segments(clients, self.scenario.hosts),
+        }
+    }
+
+    /// The [`LinkSample`] of the interval between two readings (`None` if the links'
+    /// counters could not be read at either end); `pulling[h]` says whether host `h` pulled
+    /// during it.
     fn link_sample(
         &self,
-        t_s: f64,
-        dt_s: f64,
+        start: Instant,
+        before: &LinkCounters,
+        after: &LinkCounters,
         pulling: &[bool],
-        before: &[(u64, u64)],
-        after: &[(u64, u64)],
-    ) -> LinkSample {
+    ) -> Option<LinkSample> {
         let scenario = self.scenario;
+        let (Some(bytes_before), Some(bytes_after)) = (&before.bytes, &after.bytes) else {
+            return None;
+        };
+        let dt_s = (after.at - before.at).as_secs_f64();
         let moved = |i: usize| {
-            let sent = after[i].0.saturating_sub(before[i].0) as f64;
-            let received = after[i].1.saturating_sub(before[i].1) as f64;
+            let sent = bytes_after[i].0.saturating_sub(bytes_before[i].0) as f64;
+            let received = bytes_after[i].1.saturating_sub(bytes_before[i].1) as f64;
             (sent, received)
         };
         let hosts = scenario.hosts;
         let n_pulling = pulling.iter().filter(|p| **p).count();
         let received: f64 = (0..hosts).filter(|&h| pulling[h]).map(|h| moved(h).1).sum();
         let sent: f64 = (0..hosts).map(|h| moved(h).0).sum();
-        let fraction = |bytes: f64, cap: f64| if cap > 0.0 { bytes / cap } else { 0.0 };
-        LinkSample {
-            t_s,
+        let (mut segments, mut resent) = (0u64, 0u64);
+        for pair in before.segments.iter().zip(&after.segments) {
+            if let (Some(b), Some(a)) = pair {
+                segments += a.0.saturating_sub(b.0);
+                resent += a.1.saturating_sub(b.1);
+            }
+        }
+        let fraction = |part: f64, whole: f64| if whole > 0.0 { part / whole } else { 0.0 };
+        Some(LinkSample {
+            t_s: (after.at - start).as_secs_f64(),
             pulling: n_pulling,
             download_use: fraction(
                 received,
                 n_pulling as f64 * scenario.host_download_bytes_per_s * dt_s,
             ),
-            retransmitted: 0.0,
             upload_use: fraction(sent, hosts as f64 * scenario.host_upload_bytes_per_s * dt_s),
             origin_use: fraction(moved(hosts).0, scenario.origin_upload_bytes_per_s * dt_s),
-        }
+            retransmitted: fraction(resent as f64, segments as f64),
+        })
     }
 
     /// Compares every host's copy of every blob with the original: `digest_of(host, blob)`

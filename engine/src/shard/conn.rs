@@ -38,13 +38,15 @@ pub(crate) async fn dial(stripe: Rc<Stripe>, peer: PeerId) {
             )
             .await;
             match connect {
-                Ok(Ok(stream)) => match set_congestion(&stream, &engine.config.tcp_congestion) {
-                    Ok(()) => Some((stream, permit)),
-                    Err(error) => {
-                        tracing::debug!(%peer, %addr, %error, "dial: TCP_CONGESTION refused");
-                        None
+                Ok(Ok(stream)) => {
+                    match set_congestion(&stream, engine.config.tcp_congestion.as_deref()) {
+                        Ok(()) => Some((stream, permit)),
+                        Err(error) => {
+                            tracing::debug!(%peer, %addr, %error, "dial: TCP_CONGESTION refused");
+                            None
+                        }
                     }
-                },
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %addr, %error, "dial failed");
                     None
@@ -104,7 +106,7 @@ pub(crate) async fn dial(stripe: Rc<Stripe>, peer: PeerId) {
 
 /// Sets the configured congestion control on a dialled stream (accepted ones inherit the
 /// listener's).
-fn set_congestion(stream: &TcpStream, name: &Option<String>) -> std::io::Result<()> {
+fn set_congestion(stream: &TcpStream, name: Option<&str>) -> std::io::Result<()> {
     match name {
         Some(name) => socket2::SockRef::from(stream).set_tcp_congestion(name.as_bytes()),
         None => Ok(()),

@@ -46,166 +46,118 @@ pub fn metrics_response(method: &Method, stats: &EngineStats) -> Response<LocalB
     response
 }
 
-/// One counter family: `name` (the encoder adds `_total`), its help, and its value per shard.
-fn counter(
-    registry: &mut Registry,
-    stats: &EngineStats,
-    name: &'static str,
-    help: &'static str,
-    labels: &[(&'static str, &'static str)],
-    get: fn(&ShardStats) -> u64,
-) {
-    let family = Family::<Labels, Counter>::default();
-    for (shard, s) in stats.shards.iter().enumerate() {
-        family
-            .get_or_create(&labels_of(shard, labels))
-            .inc_by(get(s));
-    }
-    registry.register(name, help, family);
-}
+/// A per-shard figure: its name, its help, and how to read it off a shard's counters.
+type Figure = (&'static str, &'static str, fn(&ShardStats) -> u64);
 
-/// A counter of seconds kept in microseconds.
-fn seconds(
-    registry: &mut Registry,
-    stats: &EngineStats,
-    name: &'static str,
-    help: &'static str,
-    get: fn(&ShardStats) -> u64,
-) {
-    let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
-    for (shard, s) in stats.shards.iter().enumerate() {
-        family
-            .get_or_create(&labels_of(shard, &[]))
-            .inc_by(get(s) as f64 / 1e6);
-    }
-    registry.register(name, help, family);
-}
+/// Plain counters (the encoder adds `_total` to each name).
+const COUNTERS: [Figure; 9] = [
+    (
+        "pieces_verified",
+        "Pieces received whose SHA-256 matched",
+        |s| s.pieces_verified,
+    ),
+    (
+        "pieces_failed",
+        "Pieces received whose SHA-256 did not match",
+        |s| s.pieces_failed,
+    ),
+    ("pieces_uploaded", "Pieces sent to peers", |s| {
+        s.pieces_uploaded
+    }),
+    (
+        "peer_connections_opened",
+        "Peer connections opened, inbound and outbound",
+        |s| s.connections_opened,
+    ),
+    ("dials_failed", "Dials to peers that failed", |s| {
+        s.dials_failed
+    }),
+    (
+        "peers_blacklisted",
+        "Peers blacklisted for a bad piece (once per swarm)",
+        |s| s.peers_blacklisted,
+    ),
+    (
+        "handoffs",
+        "Accepted connections handed to another shard after their handshake",
+        |s| s.handoffs,
+    ),
+    (
+        "piece_requests_sent",
+        "Piece requests written to peers",
+        |s| s.requests_sent,
+    ),
+    (
+        "piece_requests_answered",
+        "Piece requests whose piece header arrived",
+        |s| s.requests_answered,
+    ),
+];
 
-fn labels_of(shard: usize, labels: &[(&'static str, &'static str)]) -> Labels {
-    let mut all = vec![("shard", shard.to_string())];
-    all.extend(labels.iter().map(|(k, v)| (*k, (*v).to_owned())));
-    all
+/// Counters of seconds, kept by the engine in microseconds.
+const SECONDS: [Figure; 2] = [
+    (
+        "piece_request_queue_seconds",
+        "Time piece requests waited to reach the socket, summed",
+        |s| s.request_queue_us,
+    ),
+    (
+        "piece_request_answer_seconds",
+        "Time from a piece request reaching the socket to its piece header arriving, summed",
+        |s| s.request_answer_us,
+    ),
+];
+
+fn labels_of(shard: usize, peer: Option<&'static str>) -> Labels {
+    let mut labels = vec![("shard", shard.to_string())];
+    labels.extend(peer.map(|kind| ("peer", kind.to_owned())));
+    labels
 }
 
 fn render(stats: &EngineStats) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("shoal");
-    let r = &mut registry;
-    let received = "Verified piece payload bytes received, by the kind of peer they came from";
     let bytes_in = Family::<Labels, Counter>::default();
     let bytes_out = Family::<Labels, Counter>::default();
+    let open = Family::<Labels, Gauge>::default();
     for (shard, s) in stats.shards.iter().enumerate() {
-        let of = |kind| labels_of(shard, &[("peer", kind)]);
-        bytes_in
-            .get_or_create(&of("origin"))
-            .inc_by(s.bytes_in_from_origins);
-        bytes_in
-            .get_or_create(&of("agent"))
-            .inc_by(s.bytes_in_from_agents);
-        bytes_out
-            .get_or_create(&of("origin"))
-            .inc_by(s.bytes_out_to_origins);
-        bytes_out
-            .get_or_create(&of("agent"))
-            .inc_by(s.bytes_out_to_agents);
+        for (kind, received, sent) in [
+            ("origin", s.bytes_in_from_origins, s.bytes_out_to_origins),
+            ("agent", s.bytes_in_from_agents, s.bytes_out_to_agents),
+        ] {
+            let labels = labels_of(shard, Some(kind));
+            bytes_in.get_or_create(&labels).inc_by(received);
+            bytes_out.get_or_create(&labels).inc_by(sent);
+        }
+        open.get_or_create(&labels_of(shard, None))
+            .set(i64::try_from(s.connections_open).unwrap_or(i64::MAX));
     }
-    r.register("piece_bytes_received", received, bytes_in);
-    r.register(
+    registry.register(
+        "piece_bytes_received",
+        "Verified piece payload bytes received, by the kind of peer they came from",
+        bytes_in,
+    );
+    registry.register(
         "piece_bytes_sent",
         "Piece payload bytes sent, by the kind of peer they went to",
         bytes_out,
     );
-    counter(
-        r,
-        stats,
-        "pieces_verified",
-        "Pieces received whose SHA-256 matched",
-        &[],
-        |s| s.pieces_verified,
-    );
-    counter(
-        r,
-        stats,
-        "pieces_failed",
-        "Pieces received whose SHA-256 did not match",
-        &[],
-        |s| s.pieces_failed,
-    );
-    counter(
-        r,
-        stats,
-        "pieces_uploaded",
-        "Pieces sent to peers",
-        &[],
-        |s| s.pieces_uploaded,
-    );
-    let open = Family::<Labels, Gauge>::default();
-    for (shard, s) in stats.shards.iter().enumerate() {
-        open.get_or_create(&labels_of(shard, &[]))
-            .set(i64::try_from(s.connections_open).unwrap_or(i64::MAX));
+    registry.register("peer_connections", "Peer connections open now", open);
+    for (name, help, get) in COUNTERS {
+        let family = Family::<Labels, Counter>::default();
+        for (shard, s) in stats.shards.iter().enumerate() {
+            family.get_or_create(&labels_of(shard, None)).inc_by(get(s));
+        }
+        registry.register(name, help, family);
     }
-    r.register("peer_connections", "Peer connections open now", open);
-    counter(
-        r,
-        stats,
-        "peer_connections_opened",
-        "Peer connections opened, inbound and outbound",
-        &[],
-        |s| s.connections_opened,
-    );
-    counter(
-        r,
-        stats,
-        "dials_failed",
-        "Dials to peers that failed",
-        &[],
-        |s| s.dials_failed,
-    );
-    counter(
-        r,
-        stats,
-        "peers_blacklisted",
-        "Peers blacklisted for a bad piece (once per swarm)",
-        &[],
-        |s| s.peers_blacklisted,
-    );
-    counter(
-        r,
-        stats,
-        "handoffs",
-        "Accepted connections handed to another shard after their handshake",
-        &[],
-        |s| s.handoffs,
-    );
-    counter(
-        r,
-        stats,
-        "piece_requests_sent",
-        "Piece requests written to peers",
-        &[],
-        |s| s.requests_sent,
-    );
-    seconds(
-        r,
-        stats,
-        "piece_request_queue_seconds",
-        "Time piece requests waited to reach the socket, summed",
-        |s| s.request_queue_us,
-    );
-    counter(
-        r,
-        stats,
-        "piece_requests_answered",
-        "Piece requests whose piece header arrived",
-        &[],
-        |s| s.requests_answered,
-    );
-    seconds(
-        r,
-        stats,
-        "piece_request_answer_seconds",
-        "Time from a piece request reaching the socket to its piece header arriving, summed",
-        |s| s.request_answer_us,
-    );
+    for (name, help, get) in SECONDS {
+        let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        for (shard, s) in stats.shards.iter().enumerate() {
+            family
+                .get_or_create(&labels_of(shard, None))
+                .inc_by(get(s) as f64 / 1e6);
+        }
+        registry.register(name, help, family);
+    }
     let mut text = String::new();
     encode(&mut text, &registry)?;
     Ok(text)
