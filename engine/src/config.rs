@@ -76,6 +76,11 @@ pub struct EngineConfig {
     /// the complete blob that started longest ago (it stays in the cache); with every slot
     /// downloading, the new download is refused.
     pub swarm_blobs_max: usize,
+    /// How often the cache is checked for blobs to evict (`StoreConfig`'s idle, age and
+    /// disk watermark rules; a seeded blob that is chosen stops seeding). Also checked
+    /// before each new download, counting its size as used. `None`: never (origins, whose
+    /// blobs may not be written back to storage yet).
+    pub evict_interval: Option<Duration>,
 }
 
 impl EngineConfig {
@@ -111,6 +116,7 @@ impl EngineConfig {
             accept_handshake_timeout: Duration::from_secs(10),
             shard_queue_len: 1024,
             swarm_blobs_max: 256,
+            evict_interval: Some(Duration::from_secs(60)),
         }
     }
 
@@ -120,6 +126,7 @@ impl EngineConfig {
         self.swarm = SwarmConfig::origin();
         self.connections_max = 8192;
         self.connections_per_blob_max = 4096;
+        self.evict_interval = None;
         self
     }
 
@@ -162,6 +169,14 @@ impl EngineConfig {
         }
         if self.swarm_blobs_max == 0 {
             return Err("swarm_blobs_max must be positive".into());
+        }
+        if self.evict_interval == Some(Duration::ZERO) {
+            return Err("evict_interval must be positive (None: never)".into());
+        }
+        if self.is_origin && self.evict_interval.is_some() {
+            return Err(
+                "evict_interval: an origin does not evict (must be None with is_origin)".into(),
+            );
         }
         if self.shard_queue_len == 0 {
             return Err("shard_queue_len must be positive".into());
@@ -208,6 +223,7 @@ pub fn check_tcp_congestion(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::EngineConfig;
+    use std::time::Duration;
 
     fn config() -> EngineConfig {
         EngineConfig::new("/nonexistent", vec!["127.0.0.1:7100".parse().unwrap()])
@@ -240,6 +256,17 @@ mod tests {
             "receive_buffer_bytes_per_shard",
         );
         check(|c| c.is_origin = true, "is_origin");
+        check(
+            |c| c.evict_interval = Some(Duration::ZERO),
+            "evict_interval",
+        );
+        check(
+            |c| {
+                *c = config().into_origin();
+                c.evict_interval = Some(Duration::from_secs(60));
+            },
+            "evict_interval",
+        );
         check(|c| c.swarm.connections_max = 0, "connections_max");
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::RuntimeBuilder;
@@ -22,7 +22,7 @@ use crate::config::{Driver, EngineConfig};
 use crate::limit::RateLimiter;
 use crate::shard::{self, Command, Shard, SourceHandle};
 use crate::stats::{EngineStats, ShardCounters};
-use crate::store::{BlobStream, DownloadHandle, Store, StoreError};
+use crate::store::{BlobStream, DiskUsage, DownloadHandle, EvictionReport, Store, StoreError};
 use crate::tracker::{TrackerClient, TrackerClientConfig};
 
 /// What the engine's API can fail with.
@@ -393,6 +393,67 @@ impl EngineShared {
         tracing::warn!(%digest, "dead download still in use; start-up recovery will find it");
     }
 
+    /// One eviction pass over the cache (the rules of [`StoreConfig`]), treating the blobs
+    /// this engine seeds as unpinned: a chosen one stops seeding first (it leaves its swarm),
+    /// then the store removes it unless a reader still holds it. With `incoming_bytes` > 0
+    /// the watermark rule counts that much more as used (a download about to start).
+    /// Downloads in progress are never touched.
+    ///
+    /// [`StoreConfig`]: crate::store::StoreConfig
+    pub async fn evict_pass(&self, incoming_bytes: u64) -> EvictionReport {
+        let seeded: HashMap<Digest, Arc<BlobShared>> = lock(&self.blobs)
+            .values()
+            .filter(|blob| blob.is_complete())
+            .map(|blob| (blob.digest, Arc::clone(blob)))
+            .collect();
+        let releasable = seeded.keys().copied().collect();
+        let usage = self.store.disk_usage().map(|usage| DiskUsage {
+            used_bytes: usage.used_bytes.saturating_add(incoming_bytes),
+            ..usage
+        });
+        let plan = self
+            .store
+            .plan_eviction(SystemTime::now(), usage, &releasable);
+        let mut stopped = Vec::new();
+        for (digest, reason) in &plan.chosen {
+            if let Some(blob) = seeded.get(digest) {
+                tracing::info!(%digest, ?reason, "stops seeding to be evicted");
+                blob.set_stopped();
+                self.stop_blob_everywhere(blob).await;
+                stopped.push(*digest);
+            }
+        }
+        // The blobs hold their downloads' handles, which pin them; so do the tasks of the
+        // swarm's connections until they notice the stop, soon after. A reader's pin stays.
+        drop(seeded);
+        let deadline = std::time::Instant::now() + EVICT_RELEASE_WAIT_MAX;
+        for digest in &stopped {
+            while self.store.is_pinned(digest) && std::time::Instant::now() < deadline {
+                compio::runtime::time::sleep(EVICT_RELEASE_POLL).await;
+            }
+        }
+        let report = self.store.apply_eviction(plan).await;
+        if !report.evicted.is_empty() || !report.failures.is_empty() {
+            tracing::info!(
+                evicted = report.evicted.len(),
+                freed_bytes = report.freed_bytes,
+                pinned_skipped = report.n_pinned_skipped,
+                failures = report.failures.len(),
+                "eviction pass"
+            );
+        }
+        report
+    }
+
+    /// Runs [`EngineShared::evict_pass`] every `interval`, for as long as the shard that
+    /// spawned it runs.
+    pub(crate) async fn evict_periodically(self: Arc<Self>, interval: Duration) {
+        loop {
+            compio::runtime::time::sleep(interval).await;
+            self.evict_pass(0).await;
+        }
+    }
+
     /// Stops the blob's stripes on every shard and waits until each has dropped them.
     pub async fn stop_blob_everywhere(&self, shared: &Arc<BlobShared>) {
         let mut replies = Vec::new();
@@ -468,6 +529,11 @@ pub struct Engine {
 /// Rounds a `discard_download` is retried while readers still hold the download.
 const DISCARD_ATTEMPTS_MAX: u32 = 100;
 const DISCARD_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long an eviction pass waits for a swarm it stopped to release the blob (its
+/// connections' tasks end soon after the stop; a reader's pin does not go).
+const EVICT_RELEASE_WAIT_MAX: Duration = Duration::from_secs(1);
+const EVICT_RELEASE_POLL: Duration = Duration::from_millis(10);
 
 /// Bytes read from a file per step while ingesting it.
 const INGEST_READ_LEN: usize = 1 << 20;
@@ -670,6 +736,10 @@ impl Engine {
             .ok_or_else(|| EngineError::NotFound {
                 digest: Box::new(*digest),
             })?;
+        if shared.config.evict_interval.is_some() {
+            // Make room for the new blob now rather than at the next periodic pass.
+            shared.evict_pass(metainfo.blob_len()).await;
+        }
         let download = match shared.store.begin_download(&metainfo).await {
             Ok(download) => download,
             Err(StoreError::AlreadyComplete { .. }) => return Ok(()),
@@ -993,6 +1063,14 @@ impl Engine {
         }));
         let _ = self.shared.senders[0].send_async(command).await;
         Ok(())
+    }
+
+    /// One eviction pass now (see `EngineConfig::evict_interval` for the periodic ones):
+    /// blobs idle or old beyond the store's limits, then least recently used ones while the
+    /// disk is above the high watermark. A seeded blob that is chosen stops seeding first;
+    /// one a reader holds stays. Returns what was removed.
+    pub async fn evict(&self) -> EvictionReport {
+        self.shared.evict_pass(0).await
     }
 
     /// Every blob in a swarm, then every other blob of the cache.

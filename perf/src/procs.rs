@@ -48,6 +48,38 @@ impl Drop for Scratch {
     }
 }
 
+/// A tmpfs of a given size mounted at a path, unmounted on drop: a small disk for tests
+/// that fill one. Mounting needs root (CI runs as root).
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(path: PathBuf, size: &str) -> std::io::Result<Tmpfs> {
+        std::fs::create_dir_all(&path)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!(
+                "mount -t tmpfs at {} failed ({status}): mounting needs root (CI runs as root)",
+                path.display()
+            )));
+        }
+        Ok(Tmpfs(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
 /// The named processes of one test: each is killed when the group drops (by its own guard),
 /// and if the test is panicking the tail of every one's stderr is printed first, so a failed
 /// run says what each component said.

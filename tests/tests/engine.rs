@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shoal_engine::{BlobState, Driver, Engine, EngineConfig, EngineError};
-use shoal_perf::procs::Scratch;
+use shoal_perf::procs::{Scratch, Tmpfs};
 use shoal_proto::Digest;
 use shoal_servers::tracker::{TrackerServerConfig, serve};
 
@@ -353,6 +353,135 @@ fn peer_connections_use_the_configured_congestion_control() {
         getter.wait_complete(&digest).await.unwrap();
         let read = read_all(getter.open(&digest, None).await.unwrap()).await;
         assert!(read == bytes, "copy differs");
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
+
+/// The digests a pass evicted, sorted.
+fn evicted(report: &shoal_engine::store::EvictionReport) -> Vec<Digest> {
+    let mut digests: Vec<Digest> = report.evicted.iter().map(|e| e.digest).collect();
+    digests.sort();
+    digests
+}
+
+#[test]
+fn eviction_stops_seeding_idle_blobs_and_spares_one_being_read() {
+    let dir = Dir::new("evict-idle");
+    let tracker = tracker();
+    let (path_a, bytes_a) = blob_file(dir.path(), 3 << 20, 11);
+    let (path_b, bytes_b) = blob_file(dir.path(), 3 << 20, 12);
+    let seeder = engine(dir.path(), "seeder", tracker, |c| c.evict_interval = None);
+    // Passes run by hand here; idle means not opened for half a second.
+    let getter = engine(dir.path(), "getter", tracker, |c| {
+        c.evict_interval = None;
+        c.store.evict_idle_after = Some(Duration::from_millis(500));
+    });
+    run(async {
+        let a = seeder.ingest_file(&path_a, None).await.unwrap();
+        let b = seeder.ingest_file(&path_b, None).await.unwrap();
+        for digest in [a, b] {
+            seeder.seed(&digest).await.unwrap();
+            getter.fetch(&digest).await.unwrap();
+            getter.wait_complete(&digest).await.unwrap();
+            assert_eq!(getter.status(&digest).unwrap().state, BlobState::Seeding);
+        }
+        // A client reads B while both become idle.
+        let reader = getter.open(&b, None).await.unwrap();
+        compio::runtime::time::sleep(Duration::from_millis(700)).await;
+        let report = getter.evict().await;
+        assert_eq!(evicted(&report), vec![a]);
+        assert_eq!(report.n_pinned_skipped, 1, "{report:?}");
+        assert!(report.failures.is_empty(), "{report:?}");
+        // A left its swarm and the cache.
+        assert!(getter.status(&a).is_none());
+        assert!(!getter.store().has_blob(&a));
+        // B left its swarm but stays cached for its reader, which reads it whole.
+        assert_eq!(getter.status(&b).unwrap().state, BlobState::Cached);
+        assert_eq!(read_all(reader).await, bytes_b);
+
+        // With its reader gone and idle again, the next pass removes B.
+        compio::runtime::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(evicted(&getter.evict().await), vec![b]);
+        assert!(getter.status(&b).is_none());
+        assert!(getter.list().is_empty());
+
+        // An evicted blob is fetched again like any other.
+        getter.fetch(&a).await.unwrap();
+        getter.wait_complete(&a).await.unwrap();
+        assert_eq!(
+            read_all(getter.open(&a, None).await.unwrap()).await,
+            bytes_a
+        );
+    });
+    getter.shutdown();
+    seeder.shutdown();
+}
+
+#[test]
+fn a_download_makes_room_by_evicting_the_least_recently_used_blobs() {
+    let dir = Dir::new("evict-room");
+    let tracker = tracker();
+    // Three blobs of 14 MiB and a 40 MiB disk: the third fits only if the first goes.
+    let blobs: Vec<_> = (0..3)
+        .map(|i| blob_file(dir.path(), 14 << 20, 20 + i))
+        .collect();
+    let small = Tmpfs::mount(dir.path().join("small"), "40m").unwrap();
+    let seeder = engine(dir.path(), "seeder", tracker, |c| c.evict_interval = None);
+    // No idle or age rule, and a periodic pass too rare to matter: only the check before
+    // each download acts (watermarks 0.85 / 0.75 of 40 MiB).
+    let getter = engine(small.path(), "getter", tracker, |c| {
+        c.evict_interval = Some(Duration::from_secs(3600));
+        c.store.evict_idle_after = None;
+    });
+    run(async {
+        let mut digests = Vec::new();
+        for (path, _) in &blobs {
+            let digest = seeder.ingest_file(path, None).await.unwrap();
+            seeder.seed(&digest).await.unwrap();
+            digests.push(digest);
+        }
+        for digest in &digests {
+            getter.fetch(digest).await.unwrap();
+            getter.wait_complete(digest).await.unwrap();
+        }
+        // The first blob (least recently used) made room for the third.
+        assert!(!getter.store().has_blob(&digests[0]));
+        assert!(getter.status(&digests[0]).is_none());
+        for (digest, (_, bytes)) in digests.iter().zip(&blobs).skip(1) {
+            assert_eq!(getter.status(digest).unwrap().state, BlobState::Seeding);
+            assert_eq!(
+                &read_all(getter.open(digest, None).await.unwrap()).await,
+                bytes
+            );
+        }
+    });
+    getter.shutdown();
+    seeder.shutdown();
+    drop(small);
+}
+
+#[test]
+fn the_periodic_pass_evicts_without_being_asked() {
+    let dir = Dir::new("evict-periodic");
+    let tracker = tracker();
+    let (path, _) = blob_file(dir.path(), 2 << 20, 30);
+    let seeder = engine(dir.path(), "seeder", tracker, |c| c.evict_interval = None);
+    let getter = engine(dir.path(), "getter", tracker, |c| {
+        c.evict_interval = Some(Duration::from_millis(100));
+        c.store.evict_idle_after = Some(Duration::from_millis(300));
+    });
+    run(async {
+        let digest = seeder.ingest_file(&path, None).await.unwrap();
+        seeder.seed(&digest).await.unwrap();
+        getter.fetch(&digest).await.unwrap();
+        getter.wait_complete(&digest).await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while getter.store().has_blob(&digest) {
+            assert!(std::time::Instant::now() < deadline, "never evicted");
+            compio::runtime::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(getter.status(&digest).is_none());
     });
     getter.shutdown();
     seeder.shutdown();

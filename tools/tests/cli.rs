@@ -328,6 +328,12 @@ fn config_files_with_unknown_keys_or_bad_values_are_refused_naming_key_file_and_
         ),
         (
             "origin",
+            format!("{engine}[engine.store]\nevict_interval = \"1m\"\n"),
+            "evict_interval",
+            None,
+        ),
+        (
+            "origin",
             format!("{engine}tcp_congestion = \"\"\n"),
             "engine.tcp_congestion",
             None,

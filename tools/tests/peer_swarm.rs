@@ -9,11 +9,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use shoal_perf::procs::{
-    Proc, Scratch, Shoal, cached_blob_path as cached_blob, pieces_file_path as pieces_file,
+    Proc, Scratch, Shoal, Tmpfs, cached_blob_path as cached_blob, pieces_file_path as pieces_file,
     sha256_file,
 };
 
@@ -236,31 +235,6 @@ fn corrupt_peer_is_dropped_and_the_others_finish() {
     }
 }
 
-/// A tmpfs of `size`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(path: PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&path).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (the CI runs as root)"
-        );
-        Tmpfs(path)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_disk_ends_the_download_with_a_clear_error() {
     let scratch = scratch("full");
@@ -268,8 +242,8 @@ fn full_disk_ends_the_download_with_a_clear_error() {
     random_file(&source, 64 << 20, 17);
     let (_tracker, tracker) = start_tracker(&scratch);
     let (_seeder, digest) = start_seeder("seeder", &scratch, &tracker, &source, &[]);
-    let small = Tmpfs::mount(scratch.path("small"), "16m");
-    let data = small.0.join("data");
+    let small = Tmpfs::mount(scratch.path("small"), "16m").unwrap();
+    let data = small.path().join("data");
     // The getter's store is on the small tmpfs, not in the scratch directory.
     let mut getter = Proc::start(
         "getter",

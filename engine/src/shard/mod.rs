@@ -191,6 +191,10 @@ impl Shard {
             }
             Err(error) => tracing::error!(shard = self.id, %error, "cannot listen"),
         }
+        if let (0, Some(interval)) = (self.id, self.engine.config.evict_interval) {
+            let engine = Arc::clone(&self.engine);
+            compio::runtime::spawn(engine.evict_periodically(interval)).detach();
+        }
         while let Ok(command) = commands.recv_async().await {
             match command {
                 Command::Shutdown => break,

@@ -1,7 +1,7 @@
 //! Eviction of complete blobs: the policy ([`select`], pure) and its application ([`run`]).
 
+use std::collections::HashSet;
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use shoal_proto::Digest;
@@ -114,51 +114,65 @@ pub(crate) fn select(
     (chosen, n_pinned_skipped)
 }
 
-/// One eviction pass over the store.
-pub(crate) async fn run(
-    store: &Arc<StoreInner>,
+/// What a pass chose, before anything is removed ([`plan`], then [`apply`]).
+#[derive(Debug, Clone, Default)]
+pub struct EvictionPlan {
+    /// The blobs to remove, and why.
+    pub chosen: Vec<(Digest, EvictReason)>,
+    /// Pinned blobs that the age or idle rule would have evicted.
+    pub n_pinned_skipped: usize,
+    /// The disk usage the watermark rule worked from, if any.
+    pub usage: Option<DiskUsage>,
+}
+
+/// Chooses what to evict. A blob in `releasable` counts as unpinned: its pins belong to a
+/// caller that lets go of the blob before [`apply`] (the engine stops seeding it).
+pub(crate) fn plan(
+    store: &StoreInner,
     now: SystemTime,
     usage: Option<DiskUsage>,
-) -> EvictionReport {
-    // Choose and mark under the lock, so that no pin can appear on a chosen blob: open_blob
-    // refuses a blob marked `evicting`.
-    let (victims, n_pinned_skipped) = {
-        let mut state = lock(&store.state);
-        let candidates: Vec<Candidate> = state
-            .blobs
-            .iter()
-            .filter(|(_, entry)| !entry.evicting)
-            .map(|(digest, entry)| Candidate {
-                digest: *digest,
-                allocated_bytes: entry.allocated_bytes,
-                completed_at: entry.completed_at,
-                last_access: entry.last_access,
-                pinned: state.pins.contains_key(digest),
-            })
-            .collect();
-        let (chosen, n_pinned_skipped) = select(&candidates, now, &store.config, usage);
-        let mut victims = Vec::with_capacity(chosen.len());
-        for (index, reason) in chosen {
-            let candidate = &candidates[index];
-            if let Some(entry) = state.blobs.get_mut(&candidate.digest) {
-                entry.evicting = true;
-                victims.push((candidate.digest, entry.len, entry.allocated_bytes, reason));
-            }
-        }
-        (victims, n_pinned_skipped)
-    };
-
-    let mut report = EvictionReport {
+    releasable: &HashSet<Digest>,
+) -> EvictionPlan {
+    let state = lock(&store.state);
+    let candidates: Vec<Candidate> = state
+        .blobs
+        .iter()
+        .filter(|(_, entry)| !entry.evicting)
+        .map(|(digest, entry)| Candidate {
+            digest: *digest,
+            allocated_bytes: entry.allocated_bytes,
+            completed_at: entry.completed_at,
+            last_access: entry.last_access,
+            pinned: state.pins.contains_key(digest) && !releasable.contains(digest),
+        })
+        .collect();
+    let (chosen, n_pinned_skipped) = select(&candidates, now, &store.config, usage);
+    EvictionPlan {
+        chosen: chosen
+            .into_iter()
+            .map(|(index, reason)| (candidates[index].digest, reason))
+            .collect(),
         n_pinned_skipped,
-        usage_before: usage,
+        usage,
+    }
+}
+
+/// Removes what `plan` chose. A chosen blob that is pinned (or being removed) by now is left
+/// and counted in `n_pinned_skipped`: marking it under the lock means no pin can appear on a
+/// blob once its removal has begun (`open_blob` refuses a blob marked `evicting`).
+pub(crate) async fn apply(store: &StoreInner, plan: EvictionPlan) -> EvictionReport {
+    let mut report = EvictionReport {
+        n_pinned_skipped: plan.n_pinned_skipped,
+        usage_before: plan.usage,
         ..EvictionReport::default()
     };
-    for (digest, len, allocated_bytes, reason) in victims {
-        let removed = remove_blob_files(store, &digest).await;
-        let mut state = lock(&store.state);
-        match removed {
+    for (digest, reason) in plan.chosen {
+        let Some((len, allocated_bytes)) = mark(store, &digest) else {
+            report.n_pinned_skipped += 1;
+            continue;
+        };
+        match unmark_after(store, &digest, remove_blob_files(store, &digest).await) {
             Ok(()) => {
-                state.blobs.remove(&digest);
                 tracing::info!(%digest, len, ?reason, "evicted");
                 report.freed_bytes += allocated_bytes;
                 report.evicted.push(EvictedBlob {
@@ -168,15 +182,42 @@ pub(crate) async fn run(
                 });
             }
             Err(error) => {
-                if let Some(entry) = state.blobs.get_mut(&digest) {
-                    entry.evicting = false;
-                }
                 tracing::warn!(%digest, %error, "could not evict");
                 report.failures.push((digest, error.to_string()));
             }
         }
     }
     report
+}
+
+/// Marks an unpinned complete blob `evicting` and returns its length and allocated bytes;
+/// `None` if it is pinned, already being removed, or gone.
+fn mark(store: &StoreInner, digest: &Digest) -> Option<(u64, u64)> {
+    let mut state = lock(&store.state);
+    let pinned = state.pins.contains_key(digest);
+    let entry = state.blobs.get_mut(digest)?;
+    if entry.evicting || pinned {
+        return None;
+    }
+    entry.evicting = true;
+    Some((entry.len, entry.allocated_bytes))
+}
+
+/// After the files of a marked blob were removed (or not): forgets it, or unmarks it.
+fn unmark_after(store: &StoreInner, digest: &Digest, removed: io::Result<()>) -> io::Result<()> {
+    let mut state = lock(&store.state);
+    match removed {
+        Ok(()) => {
+            state.blobs.remove(digest);
+            Ok(())
+        }
+        Err(error) => {
+            if let Some(entry) = state.blobs.get_mut(digest) {
+                entry.evicting = false;
+            }
+            Err(error)
+        }
+    }
 }
 
 /// Removes the blob, then its sidecar (a crash in between leaves a sidecar alone, which
@@ -200,37 +241,20 @@ pub(crate) async fn remove_one(
     store: &StoreInner,
     digest: &Digest,
 ) -> Result<bool, super::StoreError> {
-    {
-        let mut state = lock(&store.state);
-        let pinned = state.pins.contains_key(digest);
-        let Some(entry) = state.blobs.get_mut(digest) else {
+    if mark(store, digest).is_none() {
+        let state = lock(&store.state);
+        if !state.blobs.contains_key(digest) {
             return Ok(false);
-        };
-        if entry.evicting || pinned {
-            return Err(super::StoreError::Busy {
-                digest: Box::new(*digest),
-                what: if pinned { "in use" } else { "being evicted" },
-            });
         }
-        entry.evicting = true;
+        let pinned = state.pins.contains_key(digest);
+        return Err(super::StoreError::Busy {
+            digest: Box::new(*digest),
+            what: if pinned { "in use" } else { "being evicted" },
+        });
     }
-    let removed = remove_blob_files(store, digest).await;
-    let mut state = lock(&store.state);
-    match removed {
-        Ok(()) => {
-            state.blobs.remove(digest);
-            tracing::info!(%digest, "removed");
-            Ok(true)
-        }
-        Err(error) => {
-            if let Some(entry) = state.blobs.get_mut(digest) {
-                entry.evicting = false;
-            }
-            Err(super::StoreError::io(
-                "remove",
-                store.layout.blob_path(digest),
-                error,
-            ))
-        }
-    }
+    let removed = unmark_after(store, digest, remove_blob_files(store, digest).await);
+    removed
+        .map_err(|error| super::StoreError::io("remove", store.layout.blob_path(digest), error))?;
+    tracing::info!(%digest, "removed");
+    Ok(true)
 }

@@ -110,7 +110,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -122,7 +122,7 @@ use shoal_proto::metainfo::Metainfo;
 pub use blob::BlobFile;
 pub use download::{Download, DownloadHandle};
 pub use error::StoreError;
-pub use evict::{EvictReason, EvictedBlob, EvictionReport};
+pub use evict::{EvictReason, EvictedBlob, EvictionPlan, EvictionReport};
 pub use recovery::{
     DISCARDED_LISTED_MAX, DiscardReason, Discarded, RecoveryReport, ResumableDownload,
 };
@@ -557,6 +557,11 @@ impl Store {
         result
     }
 
+    /// Whether a reader or a download handle holds `digest` (eviction leaves it alone).
+    pub fn is_pinned(&self, digest: &Digest) -> bool {
+        lock(&self.inner.state).pins.contains_key(digest)
+    }
+
     /// Removes the complete blob `digest` (its file and sidecar). `Ok(false)` if the store
     /// does not have it; [`StoreError::Busy`] while it is open or held by a download handle.
     pub async fn remove_blob(&self, digest: &Digest) -> Result<bool, StoreError> {
@@ -572,18 +577,23 @@ impl Store {
         }
     }
 
-    /// Evicts complete blobs by idle time, age and the disk watermarks (reading the disk
-    /// usage with `statvfs` of the root). See [`Store::evict_with_usage`].
-    pub async fn evict(&self, now: SystemTime) -> EvictionReport {
+    /// The disk usage of the store's filesystem (`statvfs` of the root); `None`, logged, if
+    /// it cannot be read.
+    pub fn disk_usage(&self) -> Option<DiskUsage> {
         let root = self.inner.layout.root();
-        let usage = match sys::disk_usage(root) {
+        match sys::disk_usage(root) {
             Ok(usage) => Some(usage),
             Err(error) => {
                 tracing::warn!(root = %root.display(), %error, "statvfs failed; watermark eviction skipped");
                 None
             }
-        };
-        self.evict_with_usage(now, usage).await
+        }
+    }
+
+    /// Evicts complete blobs by idle time, age and the disk watermarks (reading the disk
+    /// usage with `statvfs` of the root). See [`Store::evict_with_usage`].
+    pub async fn evict(&self, now: SystemTime) -> EvictionReport {
+        self.evict_with_usage(now, self.disk_usage()).await
     }
 
     /// Evicts, given the disk usage (`None`: skip the watermark rule):
@@ -599,6 +609,26 @@ impl Store {
         now: SystemTime,
         usage: Option<DiskUsage>,
     ) -> EvictionReport {
-        evict::run(&self.inner, now, usage).await
+        let plan = self.plan_eviction(now, usage, &HashSet::new());
+        self.apply_eviction(plan).await
+    }
+
+    /// The first half of [`Store::evict_with_usage`], for a caller that holds pins of its
+    /// own: what the rules choose when the blobs in `releasable` count as unpinned. The
+    /// caller releases those it holds among the chosen, then calls
+    /// [`Store::apply_eviction`]; a chosen blob that is still pinned then is skipped.
+    pub fn plan_eviction(
+        &self,
+        now: SystemTime,
+        usage: Option<DiskUsage>,
+        releasable: &HashSet<Digest>,
+    ) -> EvictionPlan {
+        evict::plan(&self.inner, now, usage, releasable)
+    }
+
+    /// Removes what [`Store::plan_eviction`] chose, skipping (and counting as pinned) any
+    /// blob pinned by now.
+    pub async fn apply_eviction(&self, plan: EvictionPlan) -> EvictionReport {
+        evict::apply(&self.inner, plan).await
     }
 }

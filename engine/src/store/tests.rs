@@ -1,7 +1,7 @@
 //! Store tests: real files in temporary directories under /tmp, inside compio runtimes (the
 //! io_uring driver unless a test forces the polling one).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::future::Future;
 use std::io::Write as _;
@@ -1130,6 +1130,41 @@ fn eviction_by_idle_time_spares_pinned_blobs_and_downloads() {
             .evict_with_usage(later + Duration::from_secs(1000), None)
             .await;
         assert_eq!(evicted(&report), vec![(d.digest(), EvictReason::Idle)]);
+    });
+}
+
+#[test]
+fn a_plan_counts_releasable_pins_as_released_and_apply_skips_what_is_still_pinned() {
+    run(async {
+        let dir = TempDir::new("evict-plan");
+        let config = StoreConfig {
+            evict_idle_after: Some(Duration::from_secs(100)),
+            ..test_config()
+        };
+        let (store, _) = open_store(dir.path(), config).await;
+        let [a, b] = [64, 65].map(|seed| TestBlob::new(2 * P as usize, seed, 4));
+        let now = complete_blobs(&store, &[&a, &b]).await;
+        let later = now + Duration::from_secs(1000);
+        // Both open (A by a holder that will let go if asked, B by a reader).
+        let held = store.open_blob(&a.digest()).await.unwrap().unwrap();
+        let reader = store.open_blob(&b.digest()).await.unwrap().unwrap();
+        let releasable = HashSet::from([a.digest()]);
+        let plan = store.plan_eviction(later, None, &releasable);
+        assert_eq!(plan.chosen, vec![(a.digest(), EvictReason::Idle)]);
+        assert_eq!(plan.n_pinned_skipped, 1);
+        // Planning removes nothing; a plan applied while its blob is still held skips it.
+        assert!(store.has_blob(&a.digest()));
+        let report = store.apply_eviction(plan.clone()).await;
+        assert!(report.evicted.is_empty());
+        assert_eq!(report.n_pinned_skipped, 2);
+        assert!(store.open_blob(&a.digest()).await.unwrap().is_some());
+        // Once let go, the same plan removes it, and B stays with its reader.
+        drop(held);
+        let report = store.apply_eviction(plan).await;
+        assert_eq!(evicted(&report), vec![(a.digest(), EvictReason::Idle)]);
+        assert!(!store.has_blob(&a.digest()));
+        assert!(store.has_blob(&b.digest()));
+        drop(reader);
     });
 }
 

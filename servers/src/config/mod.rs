@@ -147,6 +147,7 @@ pub fn check_uploads_per_stripe(n: usize) -> Result<usize, String> {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
+    pub evict_interval: Option<SpanOrNever>,
     pub evict_idle_after: Option<SpanOrNever>,
     pub evict_age_max: Option<SpanOrNever>,
     pub disk_high_watermark: Option<f64>,
@@ -243,6 +244,12 @@ impl EngineSection {
             config.dial_timeout = span.0;
         }
         let store = &self.store;
+        if let Some(interval) = store.evict_interval {
+            if interval.0 == Some(std::time::Duration::ZERO) {
+                return Err("engine.store.evict_interval: must be positive (or \"never\")".into());
+            }
+            config.evict_interval = interval.0;
+        }
         if let Some(idle) = store.evict_idle_after {
             config.store.evict_idle_after = idle.0;
         }

@@ -248,6 +248,7 @@ fn values_with_units_reach_the_engine() {
         driver = "poll"
         upload_path = "copy"
         [engine.store]
+        evict_interval = "30s"
         evict_idle_after = "never"
         evict_age_max = "7d"
     "#;
@@ -260,6 +261,10 @@ fn values_with_units_reach_the_engine() {
     assert_eq!(config.receive_buffer_bytes_per_shard, 8 << 20);
     assert_eq!(config.tracker_timeout.as_millis(), 500);
     assert_eq!(config.driver, shoal_engine::Driver::Poll);
+    assert_eq!(
+        config.evict_interval,
+        Some(std::time::Duration::from_secs(30))
+    );
     assert_eq!(config.store.evict_idle_after, None);
     assert_eq!(
         config.store.evict_age_max,
@@ -301,6 +306,21 @@ fn unusable_values_are_refused_when_applied() {
     .unwrap();
     let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
     assert!(error.contains("watermark"), "{error}");
+    let file: AgentFile = parse(
+        Path::new("t.toml"),
+        "[engine.store]\nevict_interval = \"0s\"\n",
+    )
+    .unwrap();
+    let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
+    assert!(error.contains("engine.store.evict_interval"), "{error}");
+    let file: AgentFile = parse(
+        Path::new("t.toml"),
+        "[engine.store]\nevict_interval = \"never\"\n",
+    )
+    .unwrap();
+    let mut config = engine_defaults();
+    file.engine.apply(&mut config).unwrap();
+    assert_eq!(config.evict_interval, None);
     let file: AgentFile = parse(Path::new("t.toml"), "[engine]\nconnections_max = 0\n").unwrap();
     let error = file.engine.apply(&mut engine_defaults()).unwrap_err();
     assert!(error.contains("connections_max"), "{error}");
