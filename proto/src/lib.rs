@@ -9,7 +9,9 @@
 //! Layout:
 //! - [`types`]: OCI digests, peer ids, info hashes, piece and stripe indexes.
 //! - [`bitfield`]: the set of pieces a peer has, and its wire form.
-//! - [`metainfo`]: piece length table, per-piece SHA-256, stripes, canonical encoding.
+//! - [`metainfo`]: piece length table, per-piece hashes, stripes, canonical encoding.
+//! - [`piece_check`]: checking a piece as it arrives (its SHA-256, or SHA-256 chaining values
+//!   that make the pieces prove the blob digest).
 //! - [`wire`]: the framed peer protocol (`check` then `parse`; bounded everywhere).
 //! - [`swarm`]: the per-(blob, stripe) state machine: connections, piece picking, pipelining,
 //!   timeouts, endgame, blacklisting. Driven through `handle_*` and `poll_*`.
@@ -21,6 +23,7 @@
 pub mod bitfield;
 pub mod limits;
 pub mod metainfo;
+pub mod piece_check;
 pub mod ring;
 pub mod rng;
 pub mod swarm;

@@ -1,11 +1,17 @@
 //! Metainfo: what the swarm needs to know about one blob before exchanging it.
 //!
 //! A blob is cut into pieces of a fixed length (the last piece may be shorter). Each piece has
-//! a SHA-256 so that a peer can check every piece on arrival, long before the whole-blob digest
-//! can be checked. Contiguous runs of pieces form stripes; a connection carries one stripe of
-//! one blob (see [`crate::wire::Handshake`]).
+//! a 32-byte hash so that a peer can check every piece on arrival. Contiguous runs of pieces
+//! form stripes; a connection carries one stripe of one blob (see [`crate::wire::Handshake`]).
 //!
-//! # Canonical encoding, version 1
+//! The encoding version says what the piece hashes are ([`PieceCheck`]):
+//! - version 1: the SHA-256 of each piece. The whole-blob digest needs a pass of its own once
+//!   the blob is complete (a metainfo from elsewhere may not describe its digest).
+//! - version 2 (sha256 blobs, at least one piece): SHA-256's chaining value after each piece,
+//!   and the blob's digest for the last one. Checking every piece checks the digest
+//!   ([`crate::piece_check`]); what [`MetainfoBuilder`] makes for sha256 blobs by default.
+//!
+//! # Canonical encoding
 //!
 //! All integers are big-endian; every field has a fixed width, so one value has exactly one
 //! encoding and the encoding of a decoded value is byte-identical to its input.
@@ -13,14 +19,14 @@
 //! | bytes   | field                                                           |
 //! |---------|-----------------------------------------------------------------|
 //! | 4       | magic `b"SHMI"`                                                 |
-//! | 1       | encoding version, `1`                                           |
+//! | 1       | encoding version, `1` or `2`                                    |
 //! | 1       | digest algorithm: `1` = sha256, `2` = sha512                    |
 //! | 32 / 64 | whole-blob digest bytes                                         |
 //! | 8       | `blob_len`, at most [`limits::BLOB_LEN_MAX`]                    |
 //! | 4       | `piece_len`, a power of two in [`limits::PIECE_LEN_MIN`, `limits::PIECE_LEN_MAX`] |
 //! | 4       | `pieces_per_stripe`, in `1..=`[`limits::STRIPE_PIECES_MAX`]     |
 //! | 4       | `n_pieces`, which must equal `ceil(blob_len / piece_len)`       |
-//! | 32 each | the SHA-256 of every piece, in order                            |
+//! | 32 each | every piece's hash (per the version), in order                  |
 //!
 //! The [`InfoHash`] that names a swarm is the SHA-256 of this encoding.
 //!
@@ -33,13 +39,19 @@ use std::ops::Range;
 use sha2::Digest as _;
 
 use crate::limits;
+use crate::piece_check::ChainHasher;
+pub use crate::piece_check::{PieceCheck, PieceVerifier};
 use crate::types::{Digest, InfoHash, PieceIndex, StripeIndex};
 
 /// First four bytes of every encoded metainfo.
 pub const MAGIC: [u8; 4] = *b"SHMI";
 
-/// The encoding version this code writes, and the only one it reads.
-pub const ENCODING_VERSION: u8 = 1;
+/// The newest encoding version this code reads and writes (it reads every older one).
+pub const ENCODING_VERSION: u8 = ENCODING_VERSION_CHAIN;
+/// Piece hashes are each piece's SHA-256 ([`PieceCheck::Sha256`]).
+const ENCODING_VERSION_SHA256: u8 = 1;
+/// Piece hashes are SHA-256 chaining values ([`PieceCheck::Sha256Chain`]).
+const ENCODING_VERSION_CHAIN: u8 = 2;
 
 const ALGORITHM_SHA256: u8 = 1;
 const ALGORITHM_SHA512: u8 = 2;
@@ -136,10 +148,15 @@ pub enum MetainfoError {
     #[error("metainfo encoding starts with {found:02x?}, not the magic \"SHMI\"")]
     BadMagic { found: [u8; 4] },
     #[error(
-        "metainfo encoding version {version} is unknown (this code reads version {known})",
+        "metainfo encoding version {version} is unknown (this code reads versions 1 to {known})",
         known = ENCODING_VERSION
     )]
     UnknownVersion { version: u8 },
+    #[error(
+        "a chained metainfo (version 2) needs a sha256 digest and at least one piece, and its \
+         last piece hash must be the digest: {reason}"
+    )]
+    BadChain { reason: &'static str },
     #[error("metainfo digest algorithm {algorithm} is unknown (1 = sha256, 2 = sha512)")]
     UnknownAlgorithm { algorithm: u8 },
     #[error("metainfo encoding should be exactly {expected} bytes, got {actual} (trailing bytes)")]
@@ -266,6 +283,9 @@ pub struct MetainfoParams {
     /// Pieces per stripe, in `1..=`[`limits::STRIPE_PIECES_MAX`]; the last stripe may be
     /// shorter. Checked by [`MetainfoParams::validate`] and [`MetainfoBuilder::new`].
     pub pieces_per_stripe: u32,
+    /// How piece hashes are defined. [`PieceCheck::Sha256Chain`] (the default) applies to
+    /// sha256 blobs with at least one byte; others get [`PieceCheck::Sha256`].
+    pub piece_check: PieceCheck,
 }
 
 impl MetainfoParams {
@@ -292,6 +312,7 @@ impl Default for MetainfoParams {
         MetainfoParams {
             piece_lengths: PieceLengthTable::default(),
             pieces_per_stripe: MetainfoParams::PIECES_PER_STRIPE_DEFAULT,
+            piece_check: PieceCheck::Sha256Chain,
         }
     }
 }
@@ -317,8 +338,10 @@ pub struct Metainfo {
     piece_len: u32,
     /// Stripe width in pieces; the last stripe may be shorter.
     pieces_per_stripe: u32,
-    /// SHA-256 of each piece; exactly `ceil(blob_len / piece_len)` of them (so the count fits
-    /// in a `u32`, see [`N_PIECES_MAX`]).
+    /// What the piece hashes are.
+    piece_check: PieceCheck,
+    /// Hash of each piece (per `piece_check`); exactly `ceil(blob_len / piece_len)` of them
+    /// (so the count fits in a `u32`, see [`N_PIECES_MAX`]).
     piece_hashes: Vec<[u8; PIECE_HASH_LEN]>,
     /// SHA-256 of the canonical encoding, computed once at construction: it is the key every
     /// handshake and tracker lookup uses, while computing it costs a pass over the hashes
@@ -336,6 +359,7 @@ impl fmt::Debug for Metainfo {
             .field("piece_len", &self.piece_len)
             .field("pieces_per_stripe", &self.pieces_per_stripe)
             .field("n_pieces", &self.n_pieces())
+            .field("piece_check", &self.piece_check)
             .field("info_hash", &self.info_hash)
             .finish()
     }
@@ -345,7 +369,28 @@ impl Metainfo {
     /// Assembles a metainfo from known parts, with the same checks as [`Metainfo::decode`].
     /// Costs O(n_pieces) (one SHA-256 pass over the piece hashes for the info hash); it never
     /// sees blob data, so simulators can pass synthetic hashes.
+    /// The piece hashes are each piece's SHA-256 ([`PieceCheck::Sha256`]).
     pub fn from_parts(
+        digest: Digest,
+        blob_len: u64,
+        piece_len: u32,
+        pieces_per_stripe: u32,
+        piece_hashes: Vec<[u8; PIECE_HASH_LEN]>,
+    ) -> Result<Metainfo, MetainfoError> {
+        Metainfo::from_checked_parts(
+            PieceCheck::Sha256,
+            digest,
+            blob_len,
+            piece_len,
+            pieces_per_stripe,
+            piece_hashes,
+        )
+    }
+
+    /// [`Metainfo::from_parts`] with the piece hashes defined by `piece_check`. A chained
+    /// metainfo must name a sha256 digest, have at least one piece, and end with the digest.
+    pub fn from_checked_parts(
+        piece_check: PieceCheck,
         digest: Digest,
         blob_len: u64,
         piece_len: u32,
@@ -362,11 +407,32 @@ impl Metainfo {
                 actual,
             });
         }
+        if piece_check == PieceCheck::Sha256Chain {
+            let Digest::Sha256(digest_bytes) = digest else {
+                return Err(MetainfoError::BadChain {
+                    reason: "the digest is not sha256",
+                });
+            };
+            match piece_hashes.last() {
+                None => {
+                    return Err(MetainfoError::BadChain {
+                        reason: "the blob has no pieces",
+                    });
+                }
+                Some(last) if *last != digest_bytes => {
+                    return Err(MetainfoError::BadChain {
+                        reason: "the last piece hash is not the digest",
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         let mut metainfo = Metainfo {
             digest,
             blob_len,
             piece_len,
             pieces_per_stripe,
+            piece_check,
             piece_hashes,
             info_hash: InfoHash::default(),
         };
@@ -461,7 +527,19 @@ impl Metainfo {
         start as u32..end as u32
     }
 
-    /// Expected SHA-256 of `piece`. Panics if the piece is out of range.
+    /// What the piece hashes are (the encoding version).
+    pub fn piece_check(&self) -> PieceCheck {
+        self.piece_check
+    }
+
+    /// Whether checking every piece also checks the blob's digest ([`PieceCheck::Sha256Chain`]):
+    /// then a complete download needs no second pass over the blob.
+    pub fn pieces_prove_digest(&self) -> bool {
+        self.piece_check == PieceCheck::Sha256Chain
+    }
+
+    /// The entry of `piece` (per [`Metainfo::piece_check`]). Panics if the piece is out of
+    /// range.
     pub fn piece_hash(&self, piece: PieceIndex) -> &[u8; PIECE_HASH_LEN] {
         self.assert_contains_piece(piece);
         &self.piece_hashes[piece.0 as usize]
@@ -472,16 +550,38 @@ impl Metainfo {
         &self.piece_hashes
     }
 
-    /// Whether `data` is exactly `piece`: the right length and the right SHA-256. Panics if
+    /// Whether `data` is exactly `piece`: the right length and the right hash. Panics if
     /// the piece is out of range (the caller needed a valid index to know how many payload
     /// bytes to read anyway).
     pub fn verify_piece(&self, piece: PieceIndex, data: &[u8]) -> bool {
-        let expected_len = self.piece_len_of(piece);
-        if data.len() as u64 != u64::from(expected_len) {
+        if data.len() as u64 != u64::from(self.piece_len_of(piece)) {
             return false;
         }
-        let actual: [u8; PIECE_HASH_LEN] = sha2::Sha256::digest(data).into();
-        actual == *self.piece_hash(piece)
+        let mut verifier = self.piece_verifier(piece);
+        verifier.update(data);
+        verifier.verify()
+    }
+
+    /// A checker for `piece`'s bytes fed in chunks as they arrive (what the engine hashes a
+    /// payload with while reading it). Panics if the piece is out of range.
+    pub fn piece_verifier(&self, piece: PieceIndex) -> PieceVerifier {
+        let expected = *self.piece_hash(piece);
+        let piece_len = self.piece_len_of(piece);
+        match self.piece_check {
+            PieceCheck::Sha256 => PieceVerifier::sha256(expected, piece_len),
+            PieceCheck::Sha256Chain => {
+                let index = piece.0 as usize;
+                let previous = index.checked_sub(1).map(|i| &self.piece_hashes[i]);
+                let last = index + 1 == self.piece_hashes.len();
+                PieceVerifier::chain(
+                    previous,
+                    self.piece_offset(piece),
+                    piece_len,
+                    expected,
+                    last,
+                )
+            }
+        }
     }
 
     /// SHA-256 of the canonical encoding; names this blob's swarm. Computed once when the
@@ -513,9 +613,11 @@ impl Metainfo {
             return Err(MetainfoError::BadMagic { found: magic });
         }
         let [version] = reader.take::<1>()?;
-        if version != ENCODING_VERSION {
-            return Err(MetainfoError::UnknownVersion { version });
-        }
+        let piece_check = match version {
+            ENCODING_VERSION_SHA256 => PieceCheck::Sha256,
+            ENCODING_VERSION_CHAIN => PieceCheck::Sha256Chain,
+            _ => return Err(MetainfoError::UnknownVersion { version }),
+        };
         let [algorithm] = reader.take::<1>()?;
         let digest = match algorithm {
             ALGORITHM_SHA256 => Digest::Sha256(reader.take::<32>()?),
@@ -555,7 +657,8 @@ impl Metainfo {
         // Only now, with the length proven, do we allocate.
         let (piece_hashes, rest) = reader.rest().as_chunks::<PIECE_HASH_LEN>();
         debug_assert!(rest.is_empty());
-        let metainfo = Metainfo::from_parts(
+        let metainfo = Metainfo::from_checked_parts(
+            piece_check,
             digest,
             blob_len,
             piece_len,
@@ -572,7 +675,10 @@ impl Metainfo {
             Digest::Sha512(_) => ALGORITHM_SHA512,
         };
         out.extend_from_slice(&MAGIC);
-        out.push(ENCODING_VERSION);
+        out.push(match self.piece_check {
+            PieceCheck::Sha256 => ENCODING_VERSION_SHA256,
+            PieceCheck::Sha256Chain => ENCODING_VERSION_CHAIN,
+        });
         out.push(algorithm);
         out.extend_from_slice(self.digest.as_bytes());
         out.extend_from_slice(&self.blob_len.to_be_bytes());
@@ -600,8 +706,9 @@ impl Metainfo {
     }
 }
 
-/// Streams a blob through SHA-256 (per piece) and the blob's own digest algorithm, producing
-/// its [`Metainfo`].
+/// Streams a blob through its piece hashes and its digest, producing its [`Metainfo`]: one
+/// SHA-256 pass for a chained metainfo (the default for sha256 blobs), otherwise SHA-256 per
+/// piece beside the digest's own algorithm.
 ///
 /// Accepts data in chunks of any size. Memory is the piece hash list, 32 bytes per piece,
 /// grown as pieces complete; blob data is never retained.
@@ -616,14 +723,23 @@ pub struct MetainfoBuilder {
     pieces_per_stripe: u32,
     /// Bytes accepted so far.
     received_len: u64,
-    /// Whole-blob hash, in the expected digest's algorithm.
-    blob_hasher: BlobHasher,
-    /// Hash of the current, incomplete piece.
-    piece_hasher: sha2::Sha256,
+    hashing: Hashing,
     /// Bytes of the current piece hashed so far; always < `piece_len` between calls.
     piece_filled_len: u32,
     /// Hashes of the completed pieces.
     piece_hashes: Vec<[u8; PIECE_HASH_LEN]>,
+}
+
+enum Hashing {
+    /// [`PieceCheck::Sha256`]: the whole blob in the digest's algorithm, and the current,
+    /// incomplete piece.
+    Separate {
+        /// Boxed: a sha512 state would make every builder twice as large.
+        blob: Box<BlobHasher>,
+        piece: sha2::Sha256,
+    },
+    /// [`PieceCheck::Sha256Chain`]: one SHA-256 over the blob, read at every piece end.
+    Chain(ChainHasher),
 }
 
 enum BlobHasher {
@@ -681,14 +797,24 @@ impl MetainfoBuilder {
         let preallocated = usize::try_from(n_pieces)
             .unwrap_or(usize::MAX)
             .min(BUILDER_PREALLOCATED_PIECES_MAX);
+        let chained = params.piece_check == PieceCheck::Sha256Chain
+            && matches!(digest, Digest::Sha256(_))
+            && blob_len > 0;
+        let hashing = if chained {
+            Hashing::Chain(ChainHasher::new())
+        } else {
+            Hashing::Separate {
+                blob: Box::new(BlobHasher::new(&digest)),
+                piece: sha2::Sha256::new(),
+            }
+        };
         Ok(MetainfoBuilder {
             expected_digest: digest,
             blob_len,
             piece_len,
             pieces_per_stripe: params.pieces_per_stripe,
             received_len: 0,
-            blob_hasher: BlobHasher::new(&digest),
-            piece_hasher: sha2::Sha256::new(),
+            hashing,
             piece_filled_len: 0,
             piece_hashes: Vec::with_capacity(preallocated),
         })
@@ -715,17 +841,35 @@ impl MetainfoBuilder {
                 received: self.received_len.saturating_add(data_len),
             });
         }
-        self.blob_hasher.update(data);
+        if let Hashing::Separate { blob, .. } = &mut self.hashing {
+            blob.update(data);
+        }
         let mut rest = data;
+        let mut position = self.received_len;
         while !rest.is_empty() {
             let room = (self.piece_len - self.piece_filled_len) as usize;
             let (head, tail) = rest.split_at(room.min(rest.len()));
-            self.piece_hasher.update(head);
+            match &mut self.hashing {
+                Hashing::Separate { piece, .. } => piece.update(head),
+                Hashing::Chain(chain) => chain.update(head),
+            }
+            position += head.len() as u64;
             // head.len() <= room <= piece_len, a u32.
             self.piece_filled_len += head.len() as u32;
             if self.piece_filled_len == self.piece_len {
-                self.piece_hashes
-                    .push(self.piece_hasher.finalize_reset().into());
+                match &mut self.hashing {
+                    Hashing::Separate { piece, .. } => {
+                        self.piece_hashes.push(piece.finalize_reset().into());
+                    }
+                    // The last piece's entry is the digest, written by `finish`.
+                    Hashing::Chain(chain) if position < self.blob_len => {
+                        // Every piece length is a multiple of the 64-byte block.
+                        debug_assert!(chain.chaining_value().is_some());
+                        self.piece_hashes
+                            .push(chain.chaining_value().unwrap_or_default());
+                    }
+                    Hashing::Chain(_) => {}
+                }
                 self.piece_filled_len = 0;
             }
             rest = tail;
@@ -748,17 +892,27 @@ impl MetainfoBuilder {
                 received: self.received_len,
             });
         }
-        if self.piece_filled_len > 0 {
-            self.piece_hashes.push(self.piece_hasher.finalize().into());
-        }
-        let actual = self.blob_hasher.finish();
+        let (piece_check, actual) = match self.hashing {
+            Hashing::Separate { blob, piece } => {
+                if self.piece_filled_len > 0 {
+                    self.piece_hashes.push(piece.finalize().into());
+                }
+                (PieceCheck::Sha256, blob.finish())
+            }
+            Hashing::Chain(chain) => {
+                let digest = chain.finalize();
+                self.piece_hashes.push(digest);
+                (PieceCheck::Sha256Chain, Digest::Sha256(digest))
+            }
+        };
         if actual != self.expected_digest {
             return Err(MetainfoError::DigestMismatch {
                 expected: Box::new(self.expected_digest),
                 actual: Box::new(actual),
             });
         }
-        Metainfo::from_parts(
+        Metainfo::from_checked_parts(
+            piece_check,
             self.expected_digest,
             self.blob_len,
             self.piece_len,
@@ -852,6 +1006,7 @@ mod tests {
         MetainfoParams {
             piece_lengths: PieceLengthTable::uniform(piece_len).unwrap(),
             pieces_per_stripe,
+            ..MetainfoParams::default()
         }
     }
 
@@ -1148,10 +1303,127 @@ mod tests {
         assert_eq!(one_shot.n_pieces() as usize, blob.len().div_ceil(piece_len));
         for (i, piece) in blob.chunks(piece_len).enumerate() {
             let index = PieceIndex(i as u32);
-            let expected: [u8; 32] = sha2::Sha256::digest(piece).into();
-            assert_eq!(one_shot.piece_hash(index), &expected, "piece {i}");
+            if one_shot.piece_check() == PieceCheck::Sha256 {
+                let expected: [u8; 32] = sha2::Sha256::digest(piece).into();
+                assert_eq!(one_shot.piece_hash(index), &expected, "piece {i}");
+            }
             assert!(one_shot.verify_piece(index, piece), "piece {i}");
+            let mut flipped = piece.to_vec();
+            flipped[piece.len() / 2] ^= 1;
+            assert!(!one_shot.verify_piece(index, &flipped), "piece {i}");
         }
+        if one_shot.piece_check() == PieceCheck::Sha256Chain {
+            let last = PieceIndex(one_shot.n_pieces() - 1);
+            assert_eq!(one_shot.piece_hash(last), digest.as_bytes());
+        }
+    }
+
+    fn sha256_params(piece_len: u32, pieces_per_stripe: u32) -> MetainfoParams {
+        MetainfoParams {
+            piece_check: PieceCheck::Sha256,
+            ..params(piece_len, pieces_per_stripe)
+        }
+    }
+
+    #[test]
+    fn chained_pieces_are_checked_against_their_neighbours_and_the_digest() {
+        for len in [
+            P as usize,
+            3 * P as usize,
+            3 * P as usize + 65,
+            2 * P as usize + 1,
+        ] {
+            let blob = blob_of_len(len);
+            let digest = Digest::sha256_of(&blob);
+            let m = Metainfo::build(digest, &blob, &params(P, 2)).unwrap();
+            assert_eq!(m.piece_check(), PieceCheck::Sha256Chain);
+            assert!(m.pieces_prove_digest());
+            assert_eq!(m.encode()[4], 2, "version byte");
+            assert_eq!(Metainfo::decode(&m.encode()), Ok(m.clone()));
+            let pieces: Vec<&[u8]> = blob.chunks(P as usize).collect();
+            for (i, piece) in pieces.iter().enumerate() {
+                assert!(
+                    m.verify_piece(PieceIndex(i as u32), piece),
+                    "len {len} piece {i}"
+                );
+                // Fed in odd chunks, as a socket delivers them.
+                let mut verifier = m.piece_verifier(PieceIndex(i as u32));
+                for chunk in piece.chunks(1000) {
+                    verifier.update(chunk);
+                }
+                assert!(verifier.verify(), "len {len} piece {i}");
+            }
+            // A piece in another's place, or cut short, fails.
+            if pieces.len() > 2 {
+                assert!(!m.verify_piece(PieceIndex(1), pieces[0]));
+                let mut short = m.piece_verifier(PieceIndex(0));
+                short.update(&pieces[0][..64]);
+                assert!(!short.verify());
+            }
+            // The same blob with each piece's own SHA-256 is another swarm.
+            let plain = Metainfo::build(digest, &blob, &sha256_params(P, 2)).unwrap();
+            assert_eq!(plain.piece_check(), PieceCheck::Sha256);
+            assert!(!plain.pieces_prove_digest());
+            assert_eq!(plain.encode()[4], 1, "version byte");
+            assert_ne!(plain.info_hash(), m.info_hash());
+        }
+    }
+
+    #[test]
+    fn a_chain_that_does_not_end_at_its_digest_is_refused() {
+        let blob = blob_of_len(3 * P as usize);
+        let digest = Digest::sha256_of(&blob);
+        let m = Metainfo::build(digest, &blob, &params(P, 2)).unwrap();
+        let mut hashes = m.piece_hashes().to_vec();
+        let chained = |hashes: Vec<[u8; 32]>, digest: Digest| {
+            Metainfo::from_checked_parts(
+                PieceCheck::Sha256Chain,
+                digest,
+                blob.len() as u64,
+                P,
+                2,
+                hashes,
+            )
+        };
+        assert_eq!(chained(hashes.clone(), digest), Ok(m.clone()));
+        // A tracker that lies about a chaining value: the pieces around it fail, the others
+        // pass, and no bytes can be made to pass in their place.
+        hashes[1][0] ^= 1;
+        let lying = chained(hashes.clone(), digest).unwrap();
+        let pieces: Vec<&[u8]> = blob.chunks(P as usize).collect();
+        assert!(lying.verify_piece(PieceIndex(0), pieces[0]));
+        assert!(!lying.verify_piece(PieceIndex(1), pieces[1]));
+        assert!(!lying.verify_piece(PieceIndex(2), pieces[2]));
+        // The last entry must be the digest; sha512 blobs and empty blobs cannot be chained.
+        let mut wrong_end = m.piece_hashes().to_vec();
+        wrong_end[2][5] ^= 1;
+        assert!(matches!(
+            chained(wrong_end, digest),
+            Err(MetainfoError::BadChain { .. })
+        ));
+        let sha512 = Digest::sha512_of(&blob);
+        assert!(matches!(
+            chained(m.piece_hashes().to_vec(), sha512),
+            Err(MetainfoError::BadChain { .. })
+        ));
+        // The builder falls back to per-piece SHA-256 where it cannot chain.
+        assert_eq!(
+            Metainfo::build(sha512, &blob, &params(P, 2))
+                .unwrap()
+                .piece_check(),
+            PieceCheck::Sha256
+        );
+        let empty = Metainfo::build(Digest::sha256_of(b""), b"", &params(P, 2)).unwrap();
+        assert_eq!(empty.piece_check(), PieceCheck::Sha256);
+        // A version-2 encoding of a sha512 header is refused when decoded.
+        let mut encoded = Metainfo::build(sha512, &blob, &params(P, 2))
+            .unwrap()
+            .encode();
+        encoded[4] = 2;
+        assert!(matches!(
+            Metainfo::decode(&encoded),
+            Err(MetainfoError::BadChain { .. })
+        ));
     }
 
     #[test]
@@ -1238,7 +1510,7 @@ mod tests {
         assert_eq!(Metainfo::decode(&encoded), Ok(m.clone()));
 
         // The same content under its sha256 name is a different swarm.
-        let m256 = Metainfo::build(Digest::sha256_of(&blob), &blob, &params(P, 2)).unwrap();
+        let m256 = Metainfo::build(Digest::sha256_of(&blob), &blob, &sha256_params(P, 2)).unwrap();
         assert_eq!(m256.piece_hashes(), m.piece_hashes());
         assert_ne!(m256.info_hash(), m.info_hash());
     }
@@ -1471,7 +1743,7 @@ mod tests {
         check_rejects(b"SHMX\x01\x01", BadMagic { found: *b"SHMX" });
         check_rejects(b"shmi\x01\x01", BadMagic { found: *b"shmi" });
         check_rejects(b"SHMI", truncated(5, 4));
-        for version in [0, 2, 255] {
+        for version in [0, 3, 255] {
             check_rejects(
                 &[b'S', b'H', b'M', b'I', version],
                 UnknownVersion { version },

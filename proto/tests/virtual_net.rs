@@ -149,6 +149,7 @@ impl Net {
         let params = MetainfoParams {
             piece_lengths: PieceLengthTable::new(vec![(u64::MAX, PIECE_LEN)]).unwrap(),
             pieces_per_stripe,
+            ..MetainfoParams::default()
         };
         let metainfo = Metainfo::build(Digest::sha256_of(&blob), &blob, &params).unwrap();
         let n_stripes = metainfo.n_stripes() as usize;

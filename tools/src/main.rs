@@ -28,7 +28,7 @@ mod serve;
 mod settings;
 mod tracker;
 use shoal_proto::Digest;
-use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams};
+use shoal_proto::metainfo::{Metainfo, MetainfoBuilder, MetainfoParams, PieceCheck};
 
 #[derive(Parser, Debug)]
 #[command(name = "shoal", version, about = "Shoal: a peer-to-peer OCI registry")]
@@ -198,6 +198,11 @@ fn print_metainfo(metainfo: &Metainfo) {
     println!("pieces            {}", metainfo.n_pieces());
     println!("pieces_per_stripe {}", metainfo.pieces_per_stripe());
     println!("stripes           {}", metainfo.n_stripes());
+    let piece_check = match metainfo.piece_check() {
+        PieceCheck::Sha256 => "sha256 (each piece's SHA-256; the digest is checked once complete)",
+        PieceCheck::Sha256Chain => "sha256-chain (the pieces, each checked, prove the digest)",
+    };
+    println!("piece_check       {piece_check}");
     println!("encoded_bytes     {}", metainfo.encode().len());
     println!("info_hash         {}", metainfo.info_hash());
 }

@@ -92,9 +92,10 @@ pub struct EngineArgs {
     /// in net.ipv4.tcp_available_congestion_control) [default: the system's].
     #[arg(long)]
     tcp_congestion: Option<String>,
-    /// Skip re-hashing a downloaded blob against its digest at completion (every piece is
-    /// still checked against the metainfo's SHA-256 as it arrives; this only stops guarding
-    /// against a metainfo that does not describe its digest). Saves one SHA-256 pass.
+    /// Skip re-hashing a downloaded blob against its digest at completion where its metainfo
+    /// needs it (version 1: sha512 or empty blobs, older origins; every piece is still checked
+    /// as it arrives, this only stops guarding against a metainfo that does not describe its
+    /// digest). Version-2 metainfo never needs the pass.
     #[arg(long)]
     no_verify_digest: bool,
 }

@@ -57,6 +57,7 @@ fn metainfo_round_trips_through_a_file() {
     let text = stdout(&built);
     assert!(text.contains("pieces            4"), "{text}");
     assert!(text.contains("blob_bytes        3145733"), "{text}");
+    assert!(text.contains("piece_check       sha256-chain"), "{text}");
     let inspected = run("shoal", &["inspect-metainfo", encoded.to_str().unwrap()]);
     assert!(inspected.status.success(), "{}", stderr(&inspected));
     assert_eq!(info_hash_line(&text), info_hash_line(&stdout(&inspected)));

@@ -267,9 +267,9 @@ async fn receive_piece(
     let Some(budget) = unless_closed(slot, shard.recv_budget.acquire(length)).await else {
         return Ok(false);
     };
-    let expected = *io.shared.metainfo.piece_hash(piece);
+    let verifier = io.shared.metainfo.piece_verifier(piece);
     let buf = Vec::with_capacity(length);
-    let Some((verdict, buf)) = unless_closed(slot, reader.recv_piece_payload(&expected, buf)).await
+    let Some((verdict, buf)) = unless_closed(slot, reader.recv_piece_payload(verifier, buf)).await
     else {
         return Ok(false);
     };

@@ -149,9 +149,11 @@ pub struct StoreConfig {
     /// At start-up, re-hash every piece a resumable download marks present and clear the bits
     /// that fail. Costs a read of everything downloaded so far.
     pub verify_on_start: bool,
-    /// Before a download becomes a blob, hash the whole file and check the blob's digest.
-    /// Every piece matched the metainfo already; this catches a metainfo whose piece hashes do
-    /// not describe the digest it names. Costs one read of the blob, on the blocking pool.
+    /// Before a download becomes a blob, hash the whole file and check the blob's digest,
+    /// unless its metainfo's pieces prove the digest (`Metainfo::pieces_prove_digest`: a
+    /// chained, version-2 metainfo). Every piece matched the metainfo already; this catches a
+    /// version-1 metainfo whose piece hashes do not describe the digest it names. Costs one
+    /// read and one hash of the blob, on the blocking pool.
     pub verify_digest_on_complete: bool,
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use compio::driver::DriverType;
-use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceLengthTable};
+use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceCheck, PieceLengthTable};
 use shoal_proto::{Bitfield, Digest, PieceIndex, Rng, limits};
 
 use super::download::{FailPoint, bitfield_byte, write_bitfield_bytes};
@@ -68,6 +68,7 @@ fn metainfo_of(blob: &[u8], pieces_per_stripe: u32) -> Metainfo {
     let params = MetainfoParams {
         piece_lengths: PieceLengthTable::uniform(P).unwrap(),
         pieces_per_stripe,
+        ..MetainfoParams::default()
     };
     Metainfo::build(Digest::sha256_of(blob), blob, &params).unwrap()
 }
@@ -353,7 +354,14 @@ fn a_metainfo_that_lies_about_the_digest_is_caught_at_completion() {
     run(async {
         let dir = TempDir::new("liar");
         let (store, _) = open_store(dir.path(), test_config()).await;
-        let honest = TestBlob::new(3 * P as usize, 8, 4);
+        let data = blob_of_len(3 * P as usize, 8);
+        let params = MetainfoParams {
+            piece_lengths: PieceLengthTable::uniform(P).unwrap(),
+            pieces_per_stripe: 4,
+            piece_check: PieceCheck::Sha256,
+        };
+        let metainfo = Metainfo::build(Digest::sha256_of(&data), &data, &params).unwrap();
+        let honest = TestBlob { data, metainfo };
         // Piece hashes of `honest`, but the digest of something else.
         let lie = Metainfo::from_parts(
             Digest::sha256_of(b"something else"),
@@ -378,6 +386,40 @@ fn a_metainfo_that_lies_about_the_digest_is_caught_at_completion() {
         assert!(dir_entries(&dir.path().join("downloads")).is_empty());
         let (result, _) = download.write_piece(PieceIndex(0), blob.piece(0)).await;
         assert!(matches!(result, Err(StoreError::Poisoned { .. })));
+    });
+}
+
+#[test]
+fn only_a_metainfo_whose_pieces_do_not_prove_the_digest_is_hashed_again_at_completion() {
+    run(async {
+        let dir = TempDir::new("second-pass");
+        let (store, _) = open_store(dir.path(), test_config()).await;
+        for (seed, piece_check) in [(11, PieceCheck::Sha256Chain), (12, PieceCheck::Sha256)] {
+            let data = blob_of_len(3 * P as usize, seed);
+            let params = MetainfoParams {
+                piece_lengths: PieceLengthTable::uniform(P).unwrap(),
+                pieces_per_stripe: 4,
+                piece_check,
+            };
+            let metainfo = Metainfo::build(Digest::sha256_of(&data), &data, &params).unwrap();
+            let blob = TestBlob { data, metainfo };
+            let download = store.begin_download(&blob.metainfo).await.unwrap();
+            write_pieces_concurrently(&download, &blob, &[0, 1, 2]).await;
+            // Damage the stored bytes behind the store's back: only a second pass sees it.
+            let data_path = store.inner.layout.download_dir(&blob.digest()).join("data");
+            let mut bytes = fs::read(&data_path).unwrap();
+            bytes[5] ^= 1;
+            fs::write(&data_path, &bytes).unwrap();
+            let completed = download.complete().await;
+            match piece_check {
+                // Each piece was checked on arrival, and together they are the digest.
+                PieceCheck::Sha256Chain => assert!(completed.is_ok(), "{completed:?}"),
+                PieceCheck::Sha256 => assert!(
+                    matches!(completed, Err(StoreError::DigestMismatch { .. })),
+                    "{completed:?}"
+                ),
+            }
+        }
     });
 }
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use compio::fs::File;
 use compio::net::TcpStream;
-use shoal_proto::metainfo::PIECE_HASH_LEN;
+use shoal_proto::metainfo::PieceVerifier;
 use shoal_proto::wire::{Message, PieceHeader};
 
 use super::{PeerReader, PeerWriter, TransportError, UploadPath, Verdict};
@@ -102,10 +102,10 @@ impl PeerConn {
     /// See [`PeerReader::recv_piece_payload`].
     pub async fn recv_piece_payload(
         &mut self,
-        expected_sha256: &[u8; PIECE_HASH_LEN],
+        verifier: PieceVerifier,
         piece: Vec<u8>,
     ) -> (Result<Verdict, TransportError>, Vec<u8>) {
-        self.reader.recv_piece_payload(expected_sha256, piece).await
+        self.reader.recv_piece_payload(verifier, piece).await
     }
 
     /// See [`PeerReader::skip_piece_payload`].

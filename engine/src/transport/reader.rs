@@ -6,8 +6,7 @@ use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncRead;
 use compio::net::TcpStream;
-use sha2::{Digest as _, Sha256};
-use shoal_proto::metainfo::PIECE_HASH_LEN;
+use shoal_proto::metainfo::PieceVerifier;
 use shoal_proto::wire::{self, Message};
 
 use super::{
@@ -92,16 +91,16 @@ impl PeerReader {
     }
 
     /// Reads the pending piece payload into `piece` (cleared first; its capacity must hold the
-    /// payload, nothing is allocated here) while hashing it, and compares the SHA-256 with
-    /// `expected_sha256` (the metainfo's hash of the piece the header named: checking that
-    /// the header's piece and length belong to the stripe is the caller's job).
+    /// payload, nothing is allocated here) while feeding it to `verifier` (the metainfo's
+    /// check of the piece the header named: checking that the header's piece and length
+    /// belong to the stripe is the caller's job).
     ///
     /// The buffer comes back whatever happens, holding the payload on success; only a future
     /// dropped before it finished loses it (and poisons the reader). Bytes of a
     /// [`Verdict::Corrupt`] payload must not be written anywhere.
     pub async fn recv_piece_payload(
         &mut self,
-        expected_sha256: &[u8; PIECE_HASH_LEN],
+        mut verifier: PieceVerifier,
         mut piece: Vec<u8>,
     ) -> (Result<Verdict, TransportError>, Vec<u8>) {
         if let Err(error) = self.begin() {
@@ -124,10 +123,9 @@ impl PeerReader {
         }
 
         piece.clear();
-        let mut hasher = Sha256::new();
         let buffered = self.take_buffered(length);
         piece.extend_from_slice(buffered);
-        hasher.update(buffered);
+        verifier.update(buffered);
         while piece.len() < length {
             let filled = piece.len();
             let end = filled + (length - filled).min(PAYLOAD_READ_LEN_MAX);
@@ -144,7 +142,7 @@ impl PeerReader {
                 }
                 Ok(n) => {
                     debug_assert_eq!(piece.len(), filled + n);
-                    hasher.update(&piece[filled..filled + n]);
+                    verifier.update(&piece[filled..filled + n]);
                 }
                 Err(error) => return (Err(TransportError::io("recv payload")(error)), piece),
             }
@@ -152,8 +150,7 @@ impl PeerReader {
         debug_assert_eq!(piece.len(), length);
         self.payload_pending = 0;
         self.poisoned = false;
-        let actual: [u8; PIECE_HASH_LEN] = hasher.finalize().into();
-        let verdict = if actual == *expected_sha256 {
+        let verdict = if verifier.verify() {
             Verdict::Verified
         } else {
             Verdict::Corrupt

@@ -9,7 +9,7 @@ use compio::driver::DriverType;
 use compio::io::AsyncWriteExt;
 use compio::net::{TcpListener, TcpStream};
 use compio::runtime::Runtime;
-use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceLengthTable};
+use shoal_proto::metainfo::{Metainfo, MetainfoParams, PieceLengthTable, PieceVerifier};
 use shoal_proto::wire::{self, Handshake, Message, PieceHeader, WireError};
 use shoal_proto::{Bitfield, Digest, InfoHash, PeerId, PieceIndex, Rng, StripeIndex, limits};
 
@@ -88,6 +88,7 @@ fn metainfo_of(blob: &[u8], piece_len: u32) -> Metainfo {
     let params = MetainfoParams {
         piece_lengths: PieceLengthTable::uniform(piece_len).unwrap(),
         pieces_per_stripe: 16,
+        ..MetainfoParams::default()
     };
     Metainfo::build(Digest::sha256_of(blob), blob, &params).unwrap()
 }
@@ -156,7 +157,7 @@ async fn round_trip(
     let offset = metainfo.piece_offset(header.piece);
     from.send_piece(header, file, offset).await.unwrap();
     assert_eq!(to.recv().await.unwrap(), Message::Piece(header));
-    let expected = metainfo.piece_hash(header.piece);
+    let expected = metainfo.piece_verifier(header.piece);
     let piece = Vec::with_capacity(metainfo.piece_len() as usize);
     let (verdict, piece) = to.recv_piece_payload(expected, piece).await;
     assert_eq!(verdict.unwrap(), Verdict::Verified);
@@ -398,7 +399,10 @@ fn payloads_verify_and_corrupt_ones_do_not() {
                 assert!(matches!(message, Message::Piece(h) if h.length as usize == len));
                 assert_eq!(conn.payload_pending(), len);
                 let (verdict, piece) = conn
-                    .recv_piece_payload(&hash, Vec::with_capacity(len))
+                    .recv_piece_payload(
+                        PieceVerifier::sha256(hash, len as u32),
+                        Vec::with_capacity(len),
+                    )
                     .await;
                 let expected = if corrupt {
                     Verdict::Corrupt
@@ -428,7 +432,10 @@ fn close_mid_payload_is_truncated() {
         });
         assert!(matches!(conn.recv().await.unwrap(), Message::Piece(_)));
         let (result, _) = conn
-            .recv_piece_payload(&hash, Vec::with_capacity(len))
+            .recv_piece_payload(
+                PieceVerifier::sha256(hash, len as u32),
+                Vec::with_capacity(len),
+            )
             .await;
         match result {
             Err(TransportError::Truncated {
@@ -451,7 +458,10 @@ fn payload_misuse_is_refused_without_poisoning() {
         let (data, hash, header) = piece_of_len(len, 4);
         let (mut raw, mut conn) = raw_pair().await;
         let (result, _) = conn
-            .recv_piece_payload(&hash, Vec::with_capacity(len))
+            .recv_piece_payload(
+                PieceVerifier::sha256(hash, len as u32),
+                Vec::with_capacity(len),
+            )
             .await;
         assert!(matches!(result, Err(TransportError::NoPayloadPending)));
 
@@ -469,7 +479,10 @@ fn payload_misuse_is_refused_without_poisoning() {
             "{error}"
         );
         let (result, buf) = conn
-            .recv_piece_payload(&hash, Vec::with_capacity(len - 1))
+            .recv_piece_payload(
+                PieceVerifier::sha256(hash, len as u32),
+                Vec::with_capacity(len - 1),
+            )
             .await;
         assert!(
             matches!(result, Err(TransportError::BufferTooSmall { length, .. }) if length == len)
@@ -479,7 +492,10 @@ fn payload_misuse_is_refused_without_poisoning() {
         conn.skip_piece_payload().await.unwrap();
         assert!(matches!(conn.recv().await.unwrap(), Message::Piece(_)));
         let (verdict, piece) = conn
-            .recv_piece_payload(&hash, Vec::with_capacity(len))
+            .recv_piece_payload(
+                PieceVerifier::sha256(hash, len as u32),
+                Vec::with_capacity(len),
+            )
             .await;
         assert_eq!(verdict.unwrap(), Verdict::Verified);
         assert_eq!(piece, data);
@@ -552,7 +568,7 @@ async fn upload_blob(upload_path: UploadPath) -> UploadPath {
         let header = header_of(&metainfo, piece);
         assert_eq!(receiver.recv().await.unwrap(), Message::Piece(header));
         let (verdict, buf) = receiver
-            .recv_piece_payload(metainfo.piece_hash(header.piece), piece_buf)
+            .recv_piece_payload(metainfo.piece_verifier(header.piece), piece_buf)
             .await;
         piece_buf = buf;
         assert_eq!(verdict.unwrap(), Verdict::Verified, "piece {piece}");
@@ -645,7 +661,7 @@ fn a_relayed_piece_is_served_from_the_download_only_once_stored() {
             assert_eq!(relay_in.recv().await.unwrap(), Message::Piece(header));
             let buf = Vec::with_capacity(piece_len as usize);
             let (verdict, buf) = relay_in
-                .recv_piece_payload(metainfo.piece_hash(piece), buf)
+                .recv_piece_payload(metainfo.piece_verifier(piece), buf)
                 .await;
             assert_eq!(verdict.unwrap(), Verdict::Verified);
             let (written, _) = download.write_piece(piece, buf).await;
@@ -656,11 +672,11 @@ fn a_relayed_piece_is_served_from_the_download_only_once_stored() {
             let (mut relay_out, mut leecher) = conn_pair(upload_path).await;
             let (file, offset) = download.piece_source(piece).unwrap();
             assert_eq!(offset, metainfo.piece_offset(piece));
-            let expected = *metainfo.piece_hash(piece);
+            let expected = metainfo.piece_verifier(piece);
             let receiving = compio::runtime::spawn(async move {
                 let message = leecher.recv().await.unwrap();
                 let buf = Vec::with_capacity(piece_len as usize);
-                let (verdict, buf) = leecher.recv_piece_payload(&expected, buf).await;
+                let (verdict, buf) = leecher.recv_piece_payload(expected, buf).await;
                 (message, verdict.unwrap(), buf)
             });
             relay_out.send_piece(header, file, offset).await.unwrap();

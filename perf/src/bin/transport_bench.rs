@@ -33,6 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use sha2::Digest as _;
+use shoal_engine::proto::metainfo::PieceVerifier;
 use shoal_engine::proto::wire::{Message, PieceHeader};
 use shoal_engine::proto::{PieceIndex, Rng};
 use shoal_engine::transport::{PeerConn, UPLOAD_CHUNK_LEN, UploadPath, Verdict};
@@ -392,7 +393,8 @@ fn receive_compio(addr: &str, blob: &Blob, hashes: &[[u8; 32]]) {
         loop {
             match conn.recv().await.expect("recv") {
                 Message::Piece(header) => {
-                    let expected = &hashes[header.piece.0 as usize];
+                    let expected =
+                        PieceVerifier::sha256(hashes[header.piece.0 as usize], header.length);
                     let (verdict, buf) = conn.recv_piece_payload(expected, piece_buf).await;
                     piece_buf = buf;
                     assert_eq!(verdict.expect("payload"), Verdict::Verified);
