@@ -6,7 +6,9 @@
 //!   its pieces are verified, whether it is cached or still coming through the swarm. One
 //!   byte range (`Range: bytes=a-b`, `a-`, `-n`) gives a 206; a range past the end a 416.
 //!   `HEAD` only asks for the length ([`Engine::blob_len`]): it starts no download (and
-//!   stays local, also when a client checks a blob before pushing it).
+//!   stays local, also when a client checks a blob before pushing it). A blob that cannot
+//!   be looked up now (trackers, origins or the storage backend down) is 503 `UNAVAILABLE`
+//!   to a GET (retry) and 404 `BLOB_UNKNOWN` to a HEAD (so a push goes on).
 //! - `GET|HEAD /v2/<name>/manifests/<tag|digest>` and `GET /v2/<name>/tags/list` → the
 //!   [`Registry`] (tag at the build-index on every request, bytes from the origin), shared
 //!   with the proxy in [`crate::manifests`]. Without a registry: 503 `UNAVAILABLE`.
@@ -39,7 +41,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use shoal_engine::Engine;
+use shoal_engine::{Engine, EngineError};
 use shoal_proto::Digest;
 use shoal_proto::tracker_wire::Repository;
 
@@ -261,11 +263,22 @@ impl Agent {
                 .await
                 .map_err(engine_error)?;
         }
-        let blob_len = self
-            .engine
-            .blob_len_for(digest, Some(&repository))
-            .await
-            .map_err(engine_error)?;
+        let blob_len = match self.engine.blob_len_for(digest, Some(&repository)).await {
+            Ok(blob_len) => blob_len,
+            // A HEAD asks whether to upload: a blob that cannot be looked up now (trackers,
+            // origins or the storage backend down) is answered as unknown, so a push goes on
+            // through an outage (uploads are by digest: one that existed costs a transfer).
+            // A GET says 503, and the client retries.
+            Err(EngineError::Tracker(reason)) if head => {
+                tracing::warn!(%digest, %reason, "a blob could not be looked up; answering HEAD as unknown");
+                return Err(OciError::new(
+                    ErrorCode::BlobUnknown,
+                    format!("blob {digest} could not be looked up now ({reason})"),
+                )
+                .with_detail(serde_json::json!({ "digest": digest.to_string() })));
+            }
+            Err(error) => return Err(engine_error(error)),
+        };
         blob_response(&self.engine, digest, blob_len, headers, head).await
     }
 }

@@ -33,10 +33,12 @@
 //!   this digest in `<name>` (seen in a fetch or a stat for `<name>` within
 //!   [`UPSTREAM_HOLDS_TTL`], else asked now); otherwise 404 `BLOB_UNKNOWN`, whatever the
 //!   store holds. So a repository reads by digest only what its upstream has.
-//! - A miss whose backend is down or unreachable is answered as a miss (404, logged): a
-//!   client checking a blob before a push then uploads it. One whose backend answered
-//!   wrongly (bytes that do not hash to the digest, a refused login) or that cannot be
-//!   ingested is 503 `UNAVAILABLE` with the reason. Nothing of a failed fetch is kept.
+//! - A read (GET of a blob or a metainfo) that misses while the backend is down or
+//!   unreachable is 503 `UNAVAILABLE` (whether the blob exists is unknown: clients retry);
+//!   so is one whose backend answered wrongly (bytes that do not hash to the digest, a
+//!   refused login) or that cannot be ingested, with the reason. Only a backend that says it
+//!   lacks the blob makes a 404. HEADs never reach the backend (404 unless stored). Nothing
+//!   of a failed fetch is kept.
 //! - `GET /metrics`: the engine's counters, Prometheus text ([`crate::http::metrics`]).
 //! - Anything else: 404 `NAME_UNKNOWN` for other paths, 405 `UNSUPPORTED` for other
 //!   methods, 400 `DIGEST_INVALID` for a malformed digest.
@@ -695,14 +697,13 @@ impl OriginState {
         let fetched = fetch_to_file(&self.flights, &storage.backends, &key, &temp).await;
         let result = match fetched {
             Err(error) if error.is_not_found() => Ok(false),
-            // Down or unreachable: a miss, as far as anyone can tell now (so a client that
-            // checks a blob before pushing it uploads it, and a push works through an
-            // outage). Anything else (bytes that are not the blob, a refused login) is an
-            // error the client sees.
-            Err(error) if error.kind == ErrorKind::Unavailable => {
-                tracing::warn!(%digest, %key, %error, "the storage backend is unavailable; answering as a miss");
-                Ok(false)
-            }
+            // Down or unreachable: nobody can tell now whether the blob exists, so a read
+            // is answered 503 (clients retry), not 404 (which says it does not exist). A
+            // HEAD never fills, and the agent answers its own HEADs 404 when the lookup
+            // fails, so a push still goes on through an outage.
+            Err(error) if error.kind == ErrorKind::Unavailable => Err(format!(
+                "the storage backend is unavailable (whether it holds the blob is unknown): {error}"
+            )),
             Err(error) => Err(error.to_string()),
             Ok(len) if len > self.config.blob_bytes_max => Err(format!(
                 "{len} bytes is more than this origin's {} per blob",

@@ -2,8 +2,8 @@
 //! processes with a tracker, a build-index, a proxy and agents, skopeo as the client: a
 //! pushed image lands in the bucket; with the origin's disk wiped and the origin and the
 //! tracker restarted, a fresh agent still pulls it whole (from the bucket); with the S3
-//! server down during a push, the push succeeds and the blobs reach the bucket once the
-//! server is back (the write-back queue).
+//! server down, a read of a blob only the bucket held is 503 (not 404), a push succeeds and
+//! its blobs reach the bucket once the server is back (the write-back queue).
 
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -32,6 +32,19 @@ fn in_bucket(port: u16, hex: &str) -> bool {
         .unwrap();
     String::from_utf8_lossy(&output.stdout)
         .contains(&format!("<Key>shoal/blobs/sha256/{hex}</Key>"))
+}
+
+/// curl's status code for `url` (with `args`), and what it printed.
+fn http_status(args: &[&str], url: &str) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(args)
+        .args(["--max-time", "60", "-w", "\n%{http_code}"])
+        .arg(url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 fn wait_in_bucket(port: u16, hexes: &[String]) {
@@ -193,20 +206,23 @@ connect_timeout = "2s"
 
     // The origin loses its disk; it and the tracker (metainfo in memory) restart. A fresh
     // agent pulls the image whole: every byte now comes from the bucket through the origin.
-    procs.kill("origin");
-    procs.kill("tracker");
-    std::fs::remove_dir_all(&origin_dir).unwrap();
-    for addr in [&tracker, &origin] {
-        wait_port_free(addr.parse().unwrap(), WAIT).unwrap();
-    }
-    listening(
-        procs.start("tracker", &tracker_args, &scratch),
-        "tracker listening on ",
-    );
-    listening(
-        procs.start("origin", &origin_args, &scratch),
-        "origin listening on ",
-    );
+    let wipe_origin = |procs: &mut ProcGroup| {
+        procs.kill("origin");
+        procs.kill("tracker");
+        std::fs::remove_dir_all(&origin_dir).unwrap();
+        for addr in [&tracker, &origin] {
+            wait_port_free(addr.parse().unwrap(), WAIT).unwrap();
+        }
+        listening(
+            procs.start("tracker", &tracker_args, &scratch),
+            "tracker listening on ",
+        );
+        listening(
+            procs.start("origin", &origin_args, &scratch),
+            "origin listening on ",
+        );
+    };
+    wipe_origin(&mut procs);
     let second_agent = agent(&mut procs, "agent-2");
     let pulled = scratch.path("pulled-2");
     skopeo_copy(
@@ -224,7 +240,22 @@ connect_timeout = "2s"
 
     // The S3 server goes down; a push still succeeds; the blobs reach the bucket once it is
     // back (moto restarts empty, with the bucket made again).
+    // With the origin's disk wiped again (an origin starts only if it can list its bucket),
+    // image one is only in the bucket, which then becomes unreachable: a fresh agent's GET of
+    // one of its blobs is 503 (retry later), not 404 (no such blob); a HEAD, which asks
+    // whether to upload, is 404.
+    wipe_origin(&mut procs);
     moto.kill();
+    let third_agent = agent(&mut procs, "agent-3");
+    let blob_url = format!(
+        "http://{third_agent}/v2/s3/app/blobs/sha256:{}",
+        image_one[0]
+    );
+    let (status, body) = http_status(&["-s"], &blob_url);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("UNAVAILABLE"), "{body}");
+    assert_eq!(http_status(&["-s", "-I"], &blob_url).0, 404);
+    // The push below checks each blob with a HEAD first and uploads it.
     skopeo_copy(&src("two"), &format!("docker://{first_agent}/s3/app:two"));
     let pulled = scratch.path("pulled-3");
     skopeo_copy(

@@ -162,8 +162,9 @@ impl Origins {
     }
 
     /// The checked encoding of `digest`'s metainfo from the first origin that has it.
-    /// `Ok(None)` when no origin had it and at least one said so (404); an error when every
-    /// origin failed otherwise (unreachable, timed out, garbage, another blob's metainfo).
+    /// `Ok(None)` when no origin had it, at least one said so (404) and none said it could
+    /// not tell (503: its storage backend is down, for one); an error otherwise (every origin
+    /// unreachable, timed out, 503, garbage, another blob's metainfo).
     pub(crate) async fn fetch(
         &self,
         digest: &Digest,
@@ -171,6 +172,7 @@ impl Origins {
     ) -> Result<Option<Vec<u8>>, OriginsFailed> {
         let mut attempts = Vec::new();
         let mut not_found = false;
+        let mut cannot_tell = false;
         let mut path = format!("{METAINFO_PATH}{digest}");
         if let Some(repository) = repository {
             path.push_str("?repo=");
@@ -182,11 +184,16 @@ impl Origins {
                 Ok(None) => not_found = true,
                 Err(error) => {
                     tracing::debug!(%origin, %digest, %error, "origin gave no metainfo");
+                    cannot_tell |= matches!(
+                        error,
+                        OriginAttemptError::Status { status, .. }
+                            if status == StatusCode::SERVICE_UNAVAILABLE
+                    );
                     attempts.push((origin, error));
                 }
             }
         }
-        if not_found {
+        if not_found && !cannot_tell {
             return Ok(None);
         }
         Err(OriginsFailed {

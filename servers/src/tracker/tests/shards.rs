@@ -347,6 +347,49 @@ fn an_origins_error_message_reaches_the_peer() {
     });
 }
 
+#[test]
+fn an_origin_that_cannot_tell_keeps_a_miss_from_being_not_found() {
+    run(async {
+        let digest = Digest::sha256_of(b"only in a bucket that is down");
+        // One origin's storage backend is down (503); the other does not hold the blob (404).
+        let mut origins = Vec::new();
+        for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::NOT_FOUND] {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            origins.push(listener.local_addr().unwrap());
+            let error = crate::http::OciError::new(
+                crate::http::ErrorCode::Unavailable,
+                "the storage backend is unavailable (whether it holds the blob is unknown)",
+            );
+            let fake = FakeOrigin {
+                answers: vec![(
+                    format!("/internal/metainfo/{digest}"),
+                    status,
+                    error.to_json().into_bytes(),
+                )],
+                delay: Duration::ZERO,
+                calls: Rc::default(),
+                queries: Rc::default(),
+            };
+            compio::runtime::spawn(async move {
+                crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
+                    .await
+                    .unwrap();
+            })
+            .detach();
+        }
+        // The peer hears an error it retries, not that the blob does not exist.
+        let tracker = start_sharded(with_origins(origins.clone()));
+        expect_error(
+            get(tracker, &digest).await,
+            ErrorCode::Internal,
+            "answered 503: the storage backend is unavailable",
+        );
+        // Only 404s (the origin that could not tell is gone): not found.
+        let tracker = start_sharded(with_origins(vec![origins[1]]));
+        assert_eq!(get(tracker, &digest).await, Response::NotFound);
+    });
+}
+
 /// A digest whose ring order over `origins` puts `last` last.
 fn digest_with_last(origins: &[SocketAddr], last: SocketAddr) -> Metainfo {
     let ring = HashRing::new(origins.iter().map(SocketAddr::to_string)).unwrap();
