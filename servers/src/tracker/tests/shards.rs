@@ -311,32 +311,41 @@ fn the_repository_that_asks_reaches_the_origin() {
     });
 }
 
+/// Starts an origin that answers `digest`'s metainfo path with `status` and an OCI error
+/// body carrying `message`; returns its address.
+async fn start_failing_origin(digest: &Digest, status: StatusCode, message: &str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let error = crate::http::OciError::new(crate::http::ErrorCode::Unavailable, message);
+    let fake = FakeOrigin {
+        answers: vec![(
+            format!("/internal/metainfo/{digest}"),
+            status,
+            error.to_json().into_bytes(),
+        )],
+        delay: Duration::ZERO,
+        calls: Rc::default(),
+        queries: Rc::default(),
+    };
+    compio::runtime::spawn(async move {
+        crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
+            .await
+            .unwrap();
+    })
+    .detach();
+    addr
+}
+
 #[test]
 fn an_origins_error_message_reaches_the_peer() {
     run(async {
         let digest = Digest::sha256_of(b"an upstream that lies");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin = listener.local_addr().unwrap();
-        let error = crate::http::OciError::new(
-            crate::http::ErrorCode::Unavailable,
+        let origin = start_failing_origin(
+            &digest,
+            StatusCode::SERVICE_UNAVAILABLE,
             "the storage backend failed: the upstream's bytes do not match the digest",
-        );
-        let fake = FakeOrigin {
-            answers: vec![(
-                format!("/internal/metainfo/{digest}"),
-                StatusCode::SERVICE_UNAVAILABLE,
-                error.to_json().into_bytes(),
-            )],
-            delay: Duration::ZERO,
-            calls: Rc::default(),
-            queries: Rc::default(),
-        };
-        compio::runtime::spawn(async move {
-            crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
-                .await
-                .unwrap();
-        })
-        .detach();
+        )
+        .await;
         let tracker = start_sharded(with_origins(vec![origin]));
         let response = get_for(tracker, &digest, "hub/app").await;
         expect_error(
@@ -354,28 +363,8 @@ fn an_origin_that_cannot_tell_keeps_a_miss_from_being_not_found() {
         // One origin's storage backend is down (503); the other does not hold the blob (404).
         let mut origins = Vec::new();
         for status in [StatusCode::SERVICE_UNAVAILABLE, StatusCode::NOT_FOUND] {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            origins.push(listener.local_addr().unwrap());
-            let error = crate::http::OciError::new(
-                crate::http::ErrorCode::Unavailable,
-                "the storage backend is unavailable (whether it holds the blob is unknown)",
-            );
-            let fake = FakeOrigin {
-                answers: vec![(
-                    format!("/internal/metainfo/{digest}"),
-                    status,
-                    error.to_json().into_bytes(),
-                )],
-                delay: Duration::ZERO,
-                calls: Rc::default(),
-                queries: Rc::default(),
-            };
-            compio::runtime::spawn(async move {
-                crate::http::serve(listener, Rc::new(fake), HttpConfig::default())
-                    .await
-                    .unwrap();
-            })
-            .detach();
+            let message = "the storage backend is unavailable (whether it holds it is unknown)";
+            origins.push(start_failing_origin(&digest, status, message).await);
         }
         // The peer hears an error it retries, not that the blob does not exist.
         let tracker = start_sharded(with_origins(origins.clone()));
