@@ -737,8 +737,14 @@ impl Engine {
                 digest: Box::new(*digest),
             })?;
         if shared.config.evict_interval.is_some() {
-            // Make room for the new blob now rather than at the next periodic pass.
-            shared.evict_pass(metainfo.blob_len()).await;
+            // Make room for the new blob now rather than at the next periodic pass (a
+            // download resumed from disk has its space already).
+            let incoming = if shared.store.has_download_data(digest) {
+                0
+            } else {
+                metainfo.blob_len()
+            };
+            shared.evict_pass(incoming).await;
         }
         let download = match shared.store.begin_download(&metainfo).await {
             Ok(download) => download,

@@ -559,6 +559,16 @@ impl Store {
         result
     }
 
+    /// Whether a download of `digest` has its data file on disk (preallocated: resuming it
+    /// takes no more space).
+    pub fn has_download_data(&self, digest: &Digest) -> bool {
+        self.inner
+            .layout
+            .download_dir(digest)
+            .join(layout::DATA_FILE)
+            .exists()
+    }
+
     /// Whether a reader or a download handle holds `digest` (eviction leaves it alone).
     pub fn is_pinned(&self, digest: &Digest) -> bool {
         lock(&self.inner.state).pins.contains_key(digest)
