@@ -127,6 +127,18 @@ fn assert_names_the_service(error: &shoal_servers::backend::BackendError, port: 
     assert!(message.contains(detail), "{detail:?} not in {message}");
 }
 
+/// What a refused put with a body shows: the emulator answers 501 without reading the body
+/// and closes the connection, so depending on timing the client sees the 501 or fails while
+/// still sending (seen in CI: "error sending request"). Either is clean and retryable.
+fn assert_put_refused(error: &shoal_servers::backend::BackendError, port: u16) {
+    let message = error.to_string();
+    assert!(
+        message.contains("501") || message.contains("error sending request"),
+        "{message}"
+    );
+    assert_names_the_service(error, port, "");
+}
+
 #[test]
 fn the_gcs_emulator_answers_every_call_501_and_each_is_a_clean_error() {
     if !on_path(EMULATOR) {
@@ -200,7 +212,7 @@ fn the_gcs_emulator_answers_every_call_501_and_each_is_a_clean_error() {
             )
             .await
             .unwrap_err();
-        assert_names_the_service(&error, port, "501");
+        assert_put_refused(&error, port);
         // A whole get, HEAD (stat, and so every ranged get), the listing, DELETE.
         let error = backends.get(&small_key, None).await.unwrap_err();
         assert_names_the_service(&error, port, "501");
@@ -236,7 +248,11 @@ fn the_gcs_emulator_answers_every_call_501_and_each_is_a_clean_error() {
             .await
             .unwrap_err();
         assert!(error.is_retryable(), "{error}");
-        assert!(error.to_string().contains("501"), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("501") || message.contains("error sending request"),
+            "{message}"
+        );
     });
     // Nothing was stored (the emulator's own JSON API lists the bucket).
     let listing = common::curl(&[&format!("http://127.0.0.1:{port}/storage/v1/b/{BUCKET}/o")]);
