@@ -75,10 +75,34 @@ impl Tmpfs {
 }
 
 impl Drop for Tmpfs {
+    /// Unmounts; while something still holds a file there (a process being killed, an
+    /// engine not yet dropped), retries for a while, then detaches it lazily (the kernel frees
+    /// it once the last file closes), so no mount outlives the test, also on failure.
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
+        let umount = |lazy: bool| {
+            let mut command = Command::new("umount");
+            if lazy {
+                command.arg("-l");
+            }
+            command
+                .arg(&self.0)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        for _ in 0..TMPFS_UMOUNT_TRIES {
+            if umount(false) {
+                return;
+            }
+            std::thread::sleep(TMPFS_UMOUNT_PAUSE);
+        }
+        umount(true);
     }
 }
+
+/// How often, and how far apart, [`Tmpfs`] tries a plain unmount before a lazy one.
+const TMPFS_UMOUNT_TRIES: u32 = 40;
+const TMPFS_UMOUNT_PAUSE: Duration = Duration::from_millis(50);
 
 /// The named processes of one test: each is killed when the group drops (by its own guard),
 /// and if the test is panicking the tail of every one's stderr is printed first, so a failed

@@ -458,6 +458,8 @@ fn a_download_makes_room_by_evicting_the_least_recently_used_blobs() {
     });
     getter.shutdown();
     seeder.shutdown();
+    // The getter's store (its lock file) is on the small tmpfs: let go of it before unmounting.
+    drop(getter);
     drop(small);
 }
 
