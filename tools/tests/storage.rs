@@ -122,14 +122,17 @@ connect_timeout = "2s"
         "--no-pin",
     ];
     let mut procs = shoal_procs();
-    listening(
-        procs.start("tracker", &tracker_args, &scratch),
-        "tracker listening on ",
-    );
-    listening(
-        procs.start("origin", &origin_args, &scratch),
-        "origin listening on ",
-    );
+    let start_tracker_and_origin = |procs: &mut ProcGroup| {
+        listening(
+            procs.start("tracker", &tracker_args, &scratch),
+            "tracker listening on ",
+        );
+        listening(
+            procs.start("origin", &origin_args, &scratch),
+            "origin listening on ",
+        );
+    };
+    start_tracker_and_origin(&mut procs);
     let index_dir = scratch.path("build-index");
     let index_args = [
         "build-index",
@@ -213,14 +216,7 @@ connect_timeout = "2s"
         for addr in [&tracker, &origin] {
             wait_port_free(addr.parse().unwrap(), WAIT).unwrap();
         }
-        listening(
-            procs.start("tracker", &tracker_args, &scratch),
-            "tracker listening on ",
-        );
-        listening(
-            procs.start("origin", &origin_args, &scratch),
-            "origin listening on ",
-        );
+        start_tracker_and_origin(procs);
     };
     wipe_origin(&mut procs);
     let second_agent = agent(&mut procs, "agent-2");

@@ -1,4 +1,5 @@
-//! Eviction of complete blobs: the policy ([`select`], pure) and its application ([`run`]).
+//! Eviction of complete blobs: the policy ([`select`], pure), the choice over a store
+//! ([`plan`]) and its application ([`apply`]).
 
 use std::collections::HashSet;
 use std::io;
